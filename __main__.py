@@ -1,0 +1,22 @@
+"""Entry point. Order matters for speed: `--version` and the fast path run before typer is imported."""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["--version"], ["-v"]):
+        from pinnace import __version__
+        sys.stdout.write(f"pinnace version {__version__}\n")
+        return 0
+    from pinnace.cli.fast import try_fast_path
+    code = try_fast_path(args)
+    if code is None:
+        from pinnace.cli.app import run
+        code = run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

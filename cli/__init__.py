@@ -1,0 +1,1 @@
+"""Command line: typer commands, rendering, exit codes. The only package that prints."""

@@ -1,0 +1,81 @@
+"""The typer application: global flags, command groups, and the error edge."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pinnace.cli.state import AppState
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+                  help="pinnace: rootless, daemonless containers with Docker/Podman commands.")
+image_app = typer.Typer(no_args_is_help=True, help="Manage images.")
+system_app = typer.Typer(no_args_is_help=True, help="Manage pinnace itself.")
+app.add_typer(image_app, name="image")
+app.add_typer(system_app, name="system")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pinnace import __version__
+        typer.echo(f"pinnace version {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(ctx: typer.Context,
+         root_dir: str = typer.Option(None, "--root", help="Storage root (images, layers, state.db)."),
+         runroot: str = typer.Option(None, "--runroot", help="Runtime state (namespace holder, mounts)."),
+         storage_driver: str = typer.Option(None, "--storage-driver", help="Storage driver (overlay)."),
+         log_level: str = typer.Option("warn", "--log-level", help="debug, info, warn, error."),
+         version: bool = typer.Option(False, "--version", "-v", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    import logging
+    level = getattr(logging, log_level.upper(), None)
+    if level is None and log_level.lower() != "warn":
+        from pinnace.errors import InvalidArgument
+        raise InvalidArgument(f"invalid log level {log_level!r} (debug, info, warn, error)")
+    logging.basicConfig(level=level or logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    ctx.obj = AppState(root_dir, runroot, storage_driver, log_level)
+
+
+@app.command("version")
+def version_cmd(fmt: str = typer.Option(None, "--format", "-f")) -> None:
+    """Print the version."""
+    import platform
+    from pinnace import __version__
+    info = {"Version": __version__, "PythonVersion": platform.python_version(), "OsArch": f"linux/{platform.machine()}"}
+    if fmt == "json":
+        from pinnace.cli.output import print_json
+        print_json(info)
+    elif fmt:
+        from pinnace.cli.template import render_rows
+        sys.stdout.write(render_rows(fmt, [info]))
+    else:
+        typer.echo(f"Version:      {info['Version']}\nPython:       {info['PythonVersion']}\nOS/Arch:      {info['OsArch']}")
+
+
+def _register() -> None:
+    from pinnace.cli import image_cmds, system_cmds
+    image_cmds.register(app, image_app)
+    system_cmds.register(app, system_app)
+
+
+def run(argv: list[str]) -> int:
+    from pinnace.cli.errors import fail, run_guarded
+    _register()
+
+    def invoke() -> int:
+        try:
+            result = app(args=argv, prog_name="pinnace", standalone_mode=False)
+        except typer.Exit as exc:  # pragma: no cover - typer raises its own Exit in some paths
+            return exc.exit_code
+        except Exception as exc:  # click usage errors carry exit_code + format_message
+            if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+                if exc.__class__.__name__ == "Abort":
+                    return fail("aborted", 125)
+                return fail(exc.format_message(), 125 if exc.exit_code == 2 else exc.exit_code)
+            raise
+        return result if isinstance(result, int) else 0
+    return run_guarded(invoke)

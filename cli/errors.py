@@ -1,0 +1,27 @@
+"""The CLI edge: engine errors become one line on stderr and the documented exit code."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+def fail(message: str, code: int = 125) -> int:
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    return code
+
+
+def run_guarded(fn: Callable[[], int | None]) -> int:
+    from pinnace.errors import PinnaceError
+    try:
+        return fn() or 0
+    except PinnaceError as exc:
+        return fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:
+        # An unexpected filesystem error still gets one line, never a traceback.
+        return fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")

@@ -1,0 +1,1 @@
+"""The engine contract (options/reports) and its local implementation."""

@@ -1,0 +1,160 @@
+"""The engine contract: option and report records shared by the CLI and (later) the REST API.
+
+Every engine verb takes one `XxxOptions` and returns one `XxxReport` (or a list of records); progress goes
+through a callback, never to a terminal. Keep this module import-light: the fast CLI path loads it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Callable, Protocol
+
+
+class ProgressKind(StrEnum):
+    RESOLVED = "resolved"        # manifest resolved; message = canonical reference, total = layer count
+    LAYER_EXISTS = "exists"      # layer already in the store
+    LAYER_START = "start"        # total = compressed size (or 0 if unknown)
+    LAYER_PROGRESS = "progress"  # current = bytes received so far
+    LAYER_DONE = "done"
+    LAYER_RETRY = "retry"        # message = why
+    WRITING = "writing"          # manifest/config being written
+    WARNING = "warning"          # message = one line for the user
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    kind: ProgressKind
+    id: str = ""                 # blob digest the event is about
+    current: int = 0
+    total: int = 0
+    message: str = ""
+
+
+class ProgressSink(Protocol):
+    def __call__(self, event: ProgressEvent) -> None: ...
+
+
+def no_progress(event: ProgressEvent) -> None:
+    return None
+
+
+# -- images ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImagePullOptions:
+    reference: str
+    platform: str | None = None          # "linux/arm64"; None = the host's
+    tls_verify: bool | None = None       # None = per registries.conf (loopback is insecure by default)
+    credentials: tuple[str, str] | None = None
+    authfile: str | None = None
+
+
+@dataclass(frozen=True)
+class ImagePullReport:
+    image_id: str
+    reference: str                       # canonical name that was pulled
+    digest: str                          # manifest digest (the index digest when the reference was an index)
+    layers_pulled: int
+    layers_reused: int
+
+
+@dataclass(frozen=True)
+class ImageListOptions:
+    all: bool = False
+    filters: tuple[str, ...] = ()        # "reference=busybox*", "dangling=true", "label=k=v", "id=…"
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    id: str
+    repository: str                      # "<none>" for a dangling image
+    tag: str
+    digest: str                          # manifest digest
+    created: str | None                  # RFC 3339 from the config
+    size: int
+    names: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+    labels: dict[str, str] = field(default_factory=dict)
+    containers: int = 0
+
+
+@dataclass(frozen=True)
+class ImageRemoveOptions:
+    images: tuple[str, ...]
+    force: bool = False
+    all: bool = False
+
+
+@dataclass(frozen=True)
+class ImageRemoveReport:
+    untagged: tuple[str, ...]
+    deleted: tuple[str, ...]
+    errors: tuple[str, ...] = ()         # one line per image that could not be removed
+    exit_code: int = 0                   # podman's rmi codes: 1 no such image, 2 image in use
+
+
+@dataclass(frozen=True)
+class ImagePruneOptions:
+    all: bool = False                    # also tagged images no container uses
+    filters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: str                              # layer's image id for the top entry, "<missing>" otherwise
+    created: str | None
+    created_by: str
+    size: int
+    comment: str
+    empty_layer: bool
+
+
+@dataclass(frozen=True)
+class ImageSaveOptions:
+    images: tuple[str, ...]
+    output: str | None                   # path, or None for the stream passed to image_save
+    format: str = "docker-archive"       # or "oci-archive"
+
+
+@dataclass(frozen=True)
+class ImageLoadReport:
+    image_ids: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImageImportOptions:
+    source: str                          # path or "-"
+    reference: str | None = None
+    changes: tuple[str, ...] = ()        # Dockerfile-style "CMD [...]", "ENV A=b" …
+    message: str = ""
+    platform: str | None = None
+
+
+@dataclass(frozen=True)
+class LoginOptions:
+    registry: str
+    username: str
+    password: str
+    tls_verify: bool | None = None
+    authfile: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    problems: tuple[str, ...]
+    repaired: tuple[str, ...]
+    images: int
+    layers: int
+    blobs: int
+
+
+@dataclass(frozen=True)
+class DiskUsageRow:
+    type: str                            # "Images", "Containers", "Local Volumes"
+    total: int
+    active: int
+    size: int
+    reclaimable: int
+
+
+ProgressCallback = Callable[[ProgressEvent], None]

@@ -1,0 +1,238 @@
+"""Local image operations: list, inspect, tag, untag, remove, prune, history, garbage collection."""
+from __future__ import annotations
+
+import fnmatch
+import json
+
+from pinnace.engine.contract import (HistoryEntry, ImageListOptions, ImagePruneOptions, ImageRemoveOptions,
+                                     ImageRemoveReport, ImageSummary)
+from pinnace.engine.resolve import canonical_name, resolve_image, split_name
+from pinnace.engine.store import Store
+from pinnace.errors import Conflict, ImageNotFound, InvalidArgument, PinnaceError
+from pinnace.storage.images import ImageRecord
+
+
+def image_config(store: Store, image_id: str) -> dict:
+    try:
+        return json.loads(store.blobs.read(image_id))
+    except ValueError:
+        raise PinnaceError(f"image {image_id}: stored config is not valid JSON (run `pinnace system check --repair`)") from None
+
+
+# -- list ----------------------------------------------------------------------------------------------
+def _familiar(name: str) -> str:
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _reference_matches(pattern: str, names: tuple[str, ...]) -> bool:
+    for name in names:
+        repo, _ = split_name(name)
+        for candidate in (name, repo, _familiar(name), _familiar(repo)):
+            if fnmatch.fnmatchcase(candidate, pattern):
+                return True
+    return False
+
+
+def _parse_filters(filters: tuple[str, ...]) -> list[tuple[str, str]]:
+    parsed = []
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or key not in ("reference", "dangling", "label", "id", "digest"):
+            raise InvalidArgument(f"invalid image filter {f!r} (supported: reference=, dangling=, label=, id=, digest=)")
+        parsed.append((key, value))
+    return parsed
+
+
+def _filter_ok(store: Store, rec: ImageRecord, key: str, value: str, labels: dict) -> bool:
+    if key == "reference":
+        return _reference_matches(value, rec.names)
+    if key == "dangling":
+        want = value.lower() in ("true", "1")
+        return (not rec.names) == want
+    if key == "id":
+        return rec.id.removeprefix("sha256:").startswith(value.removeprefix("sha256:"))
+    if key == "digest":
+        return rec.manifest_digest == value or any(d.endswith("@" + value) for d in rec.digests)
+    k, sep, v = value.partition("=")
+    return k in labels and (not sep or labels[k] == v)
+
+
+def list_images(store: Store, opts: ImageListOptions) -> list[ImageSummary]:
+    if not store.layout.db_path.exists():
+        return []
+    filters = _parse_filters(opts.filters)
+    need_labels = any(k == "label" for k, _ in filters)
+    rows: list[ImageSummary] = []
+    for rec in store.images.list():
+        labels = (image_config(store, rec.id).get("config") or {}).get("Labels") or {} if need_labels else {}
+        if not all(_filter_ok(store, rec, k, v, labels) for k, v in filters):
+            continue
+        containers = len(store.images.users(rec.id))
+        patterns = [v for k, v in filters if k == "reference"]
+        # like Docker, a reference filter also picks which of an image's names are listed
+        names = [n for n in rec.names if all(_reference_matches(p, (n,)) for p in patterns)]
+        if not rec.names and rec.digests:
+            rows.append(ImageSummary(rec.id, rec.digests[0].split("@")[0], "<none>", rec.manifest_digest,
+                                     rec.created, rec.size, rec.names, rec.digests, labels, containers))
+            continue
+        for name in names or ("<none>:<none>",):
+            repo, tag = split_name(name) if names else ("<none>", "<none>")
+            rows.append(ImageSummary(rec.id, repo, tag, rec.manifest_digest, rec.created, rec.size, rec.names,
+                                     rec.digests, labels, containers))
+    return rows
+
+
+# -- inspect / history ------------------------------------------------------------------------------------
+def inspect_image(store: Store, text: str) -> dict:
+    iid, _ = resolve_image(store.images, text)
+    rec = store.images.get(iid)
+    if rec is None:
+        raise ImageNotFound(f"{text}: no such image")
+    cfg = image_config(store, iid)
+    config = cfg.get("config") or {}
+    return {
+        "Id": rec.id,
+        "Digest": rec.manifest_digest,
+        "RepoTags": list(rec.names),
+        "RepoDigests": list(rec.digests),
+        "Parent": "",
+        "Comment": cfg.get("comment", ""),
+        "Created": cfg.get("created"),
+        "Config": config,
+        "Author": cfg.get("author", ""),
+        "Architecture": cfg.get("architecture"),
+        "Os": cfg.get("os"),
+        "Variant": cfg.get("variant", ""),
+        "Size": rec.size,
+        "VirtualSize": rec.size,
+        "Labels": config.get("Labels") or {},
+        "ManifestType": rec.manifest_media_type,
+        "User": config.get("User", ""),
+        "History": cfg.get("history", []),
+        "RootFS": {"Type": "layers", "Layers": [l.diff_id for l in rec.layers]},
+        "GraphDriver": {"Name": store.config.storage_driver,
+                        "Data": {"LowerDir": ":".join(str(store.layout.layer_path(l.diff_id))
+                                                      for l in reversed(rec.layers))}},
+        "Containers": store.images.users(rec.id),
+    }
+
+
+def image_history(store: Store, text: str) -> list[HistoryEntry]:
+    iid, _ = resolve_image(store.images, text)
+    rec = store.images.get(iid)
+    cfg = image_config(store, iid)
+    sizes = {l.diff_id: l.size for l in store.layers.all()}
+    layer_sizes = [sizes.get(l.diff_id, 0) for l in rec.layers] if rec else []
+    history = cfg.get("history") or [{"created_by": ""} for _ in layer_sizes]
+    entries: list[HistoryEntry] = []
+    li = 0
+    for h in history:
+        empty = bool(h.get("empty_layer"))
+        size = 0
+        if not empty and li < len(layer_sizes):
+            size = layer_sizes[li]
+            li += 1
+        entries.append(HistoryEntry("<missing>", h.get("created"), h.get("created_by", ""), size,
+                                    h.get("comment", ""), empty))
+    entries.reverse()
+    if entries:
+        top = entries[0]
+        entries[0] = HistoryEntry(iid, top.created, top.created_by, top.size, top.comment, top.empty_layer)
+    return entries
+
+
+# -- names -----------------------------------------------------------------------------------------------
+def tag_image(store: Store, source: str, targets: tuple[str, ...]) -> None:
+    iid, _ = resolve_image(store.images, source)
+    names = [canonical_name(t) for t in targets]  # validate all before changing anything
+    for name in names:
+        store.images.add_name(iid, name)
+
+
+def untag_image(store: Store, text: str, names: tuple[str, ...]) -> list[str]:
+    iid, _ = resolve_image(store.images, text)
+    if not names:
+        return store.images.remove_names(iid)
+    removed = []
+    for n in names:
+        name = canonical_name(n)
+        if store.images.id_by_name(name) != iid:
+            raise InvalidArgument(f"{n}: not a name of image {iid[7:19]}")
+        store.images.remove_name(name)
+        removed.append(name)
+    return removed
+
+
+# -- removal ---------------------------------------------------------------------------------------------
+def remove_images(store: Store, opts: ImageRemoveOptions) -> ImageRemoveReport:
+    untagged: list[str] = []
+    deleted: list[str] = []
+    errors: list[str] = []
+    exit_code = 0
+    targets = [r.id for r in store.images.list()] if opts.all else list(opts.images)
+    for text in targets:
+        try:
+            iid, matched = resolve_image(store.images, text)
+            rec = store.images.get(iid)
+            if rec is None:
+                raise ImageNotFound(f"{text}: no such image")
+            if matched and len(rec.names) > 1:
+                store.images.remove_name(matched)  # one of several names: only that name goes
+                untagged.append(matched)
+                continue
+            if not matched and len(rec.names) > 1 and not opts.force and not opts.all:
+                raise Conflict(f"unable to delete image {iid[7:19]} (must force): it is referenced by "
+                               f"{len(rec.names)} names")
+            users = store.images.users(iid)
+            if users and not opts.force:
+                raise Conflict(f"image {iid[7:19]} is in use by container(s) {', '.join(users)}: "
+                               "remove them first or use --force")
+            untagged.extend(store.images.remove_names(iid))
+            store.images.delete(iid)
+            deleted.append(iid)
+        except PinnaceError as exc:
+            errors.append(str(exc))
+            # podman's rmi codes: 1 = an image did not exist, 2 = an image is in use
+            code = 1 if isinstance(exc, ImageNotFound) else 2 if isinstance(exc, Conflict) else 125
+            exit_code = code if exit_code in (0, 1) or code == 125 else exit_code
+    if deleted:
+        collect_garbage(store)
+    return ImageRemoveReport(tuple(untagged), tuple(deleted), tuple(errors), exit_code)
+
+
+def prune_images(store: Store, opts: ImagePruneOptions) -> list[str]:
+    filters = _parse_filters(opts.filters)
+    removed = []
+    for rec in store.images.list():
+        if rec.names and not opts.all:
+            continue
+        if store.images.users(rec.id):
+            continue
+        if not all(_filter_ok(store, rec, k, v, (image_config(store, rec.id).get("config") or {}).get("Labels") or {})
+                   for k, v in filters):
+            continue
+        store.images.remove_names(rec.id)
+        store.images.delete(rec.id)
+        removed.append(rec.id)
+    collect_garbage(store)
+    return removed
+
+
+def collect_garbage(store: Store) -> tuple[int, int]:
+    """Delete layers and blobs no image references. Returns (layers, blobs) removed."""
+    with store.gc_lock(shared=False):
+        used_layers = store.images.referenced_layers()
+        used_blobs = store.images.referenced_blobs()
+        n_layers = n_blobs = 0
+        for layer in store.layers.all():
+            if layer.diff_id not in used_layers:
+                store.layers.remove(layer.diff_id)
+                n_layers += 1
+        for digest in list(store.blobs.all()):
+            if digest not in used_blobs:
+                store.blobs.remove(digest)
+                n_blobs += 1
+        return n_layers, n_blobs

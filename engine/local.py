@@ -1,0 +1,124 @@
+"""LocalEngine: the engine contract implemented on this machine's per-user store.
+
+The CLI (and later the REST API) call only these methods. Heavy modules (registry client, tar code)
+are imported inside the verbs that need them, so `images` and `--version` stay fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+from pinnace.engine.config import EngineConfig
+from pinnace.engine.contract import (CheckReport, DiskUsageRow, HistoryEntry, ImageImportOptions, ImageListOptions,
+                                     ImageLoadReport, ImagePruneOptions, ImagePullOptions, ImagePullReport,
+                                     ImageRemoveOptions, ImageRemoveReport, ImageSaveOptions, ImageSummary,
+                                     LoginOptions, ProgressCallback, no_progress)
+from pinnace.engine.store import Store
+
+
+class LocalEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.store = Store(config)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- images ------------------------------------------------------------------------------------
+    def image_pull(self, opts: ImagePullOptions, progress: ProgressCallback = no_progress) -> ImagePullReport:
+        from pinnace.engine.pull import pull_image
+        return pull_image(self.store, opts, progress)
+
+    def image_list(self, opts: ImageListOptions) -> list[ImageSummary]:
+        from pinnace.engine.images import list_images
+        return list_images(self.store, opts)
+
+    def image_inspect(self, name: str) -> dict:
+        from pinnace.engine.images import inspect_image
+        return inspect_image(self.store, name)
+
+    def image_history(self, name: str) -> list[HistoryEntry]:
+        from pinnace.engine.images import image_history
+        return image_history(self.store, name)
+
+    def image_tag(self, source: str, targets: tuple[str, ...]) -> None:
+        from pinnace.engine.images import tag_image
+        tag_image(self.store, source, targets)
+
+    def image_untag(self, name: str, names: tuple[str, ...]) -> list[str]:
+        from pinnace.engine.images import untag_image
+        return untag_image(self.store, name, names)
+
+    def image_remove(self, opts: ImageRemoveOptions) -> ImageRemoveReport:
+        from pinnace.engine.images import remove_images
+        self.store.open_for_write()
+        return remove_images(self.store, opts)
+
+    def image_prune(self, opts: ImagePruneOptions) -> list[str]:
+        from pinnace.engine.images import prune_images
+        self.store.open_for_write()
+        return prune_images(self.store, opts)
+
+    def image_save(self, opts: ImageSaveOptions, out: BinaryIO) -> None:
+        from pinnace.engine.archive import save_images
+        save_images(self.store, opts, out)
+
+    def image_load(self, archive: BinaryIO) -> ImageLoadReport:
+        from pinnace.engine.archive import load_images
+        return load_images(self.store, archive)
+
+    def image_import(self, opts: ImageImportOptions, source: BinaryIO) -> str:
+        from pinnace.engine.archive import import_tarball
+        return import_tarball(self.store, opts, source)
+
+    def image_mount(self, name: str) -> Path:
+        from pinnace.engine.mount import mount_image
+        return mount_image(self.store, name)
+
+    def image_unmount(self, name: str) -> bool:
+        from pinnace.engine.mount import unmount_image
+        return unmount_image(self.store, name)
+
+    def image_mounts(self) -> list[tuple[str, Path]]:
+        from pinnace.engine.mount import mounted_images
+        return mounted_images(self.store)
+
+    def spool_dir(self) -> Path:
+        """Where the CLI may spool a stream (stdin archives) on the store's filesystem."""
+        self.store.layout.create_dirs()
+        return self.store.layout.tmp_dir
+
+    # -- registries -----------------------------------------------------------------------------------
+    def login(self, opts: LoginOptions) -> Path:
+        from pinnace.engine.auth import login
+        return login(opts)
+
+    def logout(self, registry: str | None, *, all: bool = False, authfile: str | None = None) -> bool:
+        from pinnace.engine.auth import logout
+        return logout(registry, all=all, authfile=authfile)
+
+    # -- system -----------------------------------------------------------------------------------------
+    def system_info(self) -> dict:
+        from pinnace.engine.system import system_info
+        return system_info(self.store)
+
+    def system_df(self) -> list[DiskUsageRow]:
+        from pinnace.engine.system import disk_usage
+        return disk_usage(self.store)
+
+    def system_check(self, repair: bool = False) -> CheckReport:
+        from pinnace.engine.system import check_store
+        return check_store(self.store, repair)
+
+    def system_reset(self) -> None:
+        from pinnace.engine.system import reset_store
+        reset_store(self.store)
+
+    def unshare(self, argv: list[str]) -> None:
+        """Replace this process with argv inside the user and mount namespace (never returns)."""
+        import os
+        from pinnace.runtime.userns import exec_in_namespace
+        if not self.config.rootless:
+            os.execvp(argv[0], argv)
+        self.store.layout.runroot.mkdir(parents=True, exist_ok=True)
+        exec_in_namespace(self.store.layout.runroot, argv, dict(os.environ))

@@ -1,0 +1,75 @@
+"""One open store: layout, database, blobs, layers, images, and the user namespace for writers.
+
+Readers (`images`, `inspect`) only open the database. Writers first join the per-user namespace, where
+they are uid 0 and can create files owned by every mapped id; they must do that before starting threads.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+from pinnace.engine.config import EngineConfig
+from pinnace.storage.blobs import BlobStore
+from pinnace.storage.db import Database
+from pinnace.storage.images import ImageStore
+from pinnace.storage.layers import LayerStore
+from pinnace.storage.layout import StoreLayout
+from pinnace.storage.locks import FileLock
+
+
+class Store:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.layout = StoreLayout(config.root, config.runroot)
+        self.single_mapping = False
+        self._joined = False
+
+    # -- namespaces --------------------------------------------------------------------------------
+    def join_userns(self) -> None:
+        """Enter the user (and mount) namespace of this user's holder; no-op for root or when done."""
+        if self._joined or not self.config.rootless:
+            self._joined = True
+            return
+        self.layout.runroot.mkdir(parents=True, exist_ok=True)
+        from pinnace.runtime.userns import ensure_joined
+        info = ensure_joined(self.layout.runroot)
+        self.single_mapping = info.single_mapping
+        self._joined = True
+
+    @property
+    def overlay_xattr_prefix(self) -> str:
+        # Rootless overlay mounts use `userxattr`, which reads user.overlay.*; real root uses trusted.*.
+        return "user.overlay." if self.config.rootless else "trusted.overlay."
+
+    # -- parts -------------------------------------------------------------------------------------
+    def open_for_write(self) -> "Store":
+        self.join_userns()
+        self.layout.create_dirs()
+        return self
+
+    @cached_property
+    def db(self) -> Database:
+        if not self.layout.db_path.exists():
+            self.layout.create_dirs()
+        return Database(self.layout.db_path)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.layout)
+
+    @cached_property
+    def layers(self) -> LayerStore:
+        return LayerStore(self.layout, self.db)
+
+    @cached_property
+    def images(self) -> ImageStore:
+        return ImageStore(self.db)
+
+    def gc_lock(self, *, shared: bool) -> FileLock:
+        """Writers that add objects hold it shared; garbage collection holds it exclusive, so it never
+        deletes a layer that a running pull has unpacked but not yet recorded in an image."""
+        self.layout.locks_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.layout.lock_path("store", "gc"), shared=shared)
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.close()

@@ -1,0 +1,1 @@
+"""Rootless networking (issue 4)."""

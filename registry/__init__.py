@@ -1,0 +1,1 @@
+"""OCI distribution client: references, auth, manifests, blobs."""

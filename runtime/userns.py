@@ -1,0 +1,486 @@
+"""The per-user namespace holder (Podman's "pause process"), and joining it.
+
+One long-lived, tiny process per user and runroot owns a user namespace (uid/gid 0 → the user's own ids,
+1..N → the /etc/subuid and /etc/subgid ranges, the layout Podman uses) and a mount namespace in which
+storage is mounted. Every rootless command joins both with setns(2) before doing anything else, so all of
+them see the same ids and the same mounts, and the mounts outlive the command.
+
+setns(2) into a user namespace is refused for a multi-threaded process: call `ensure_joined` (and
+`exec_in_namespace`) before any thread exists (no thread pools, no threaded progress bars, no
+`subprocess` call that uses threads). The process is uid 0 with a full capability set inside the
+namespace afterwards.
+
+`PINNACE_IGNORE_SUBUID=1` makes the holder ignore /etc/subuid (the single-mapping fallback), for tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import pwd
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Iterator
+
+from pinnace.errors import CannotInvoke, CommandNotFound, NamespaceError
+from pinnace.runtime import syscalls
+
+PIDFILE = "holder.pid"
+LOCKFILE = "holder.lock"
+HOLDER_NAME = "pinnace-holder"  # /proc/PID/comm of the holder: part of checking a pidfile is ours
+IGNORE_SUBUID_ENV = "PINNACE_IGNORE_SUBUID"
+
+
+@dataclass(frozen=True)
+class IdRange:
+    container_id: int
+    host_id: int
+    size: int
+
+
+@dataclass(frozen=True)
+class IdMappings:
+    uids: tuple[IdRange, ...]
+    gids: tuple[IdRange, ...]
+
+    def host_uid(self, container_uid: int) -> int | None:
+        return _to_host(self.uids, container_uid)
+
+    def host_gid(self, container_gid: int) -> int | None:
+        return _to_host(self.gids, container_gid)
+
+
+@dataclass(frozen=True)
+class UsernsInfo:
+    rootless: bool
+    single_mapping: bool = False
+    mappings: IdMappings | None = None
+    holder_pid: int | None = None
+
+
+def _to_host(ranges: tuple[IdRange, ...], cid: int) -> int | None:
+    for r in ranges:
+        if r.container_id <= cid < r.container_id + r.size:
+            return r.host_id + cid - r.container_id
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- id ranges
+
+def _subid_entries(path: Path, user_name: str, uid: int) -> list[tuple[int, int]]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        parts = line.strip().split(":")
+        if len(parts) != 3 or parts[0] not in (user_name, str(uid)):
+            continue
+        try:
+            start, count = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        if start >= 0 and count > 0:
+            found.append((start, count))
+    return found
+
+
+def _layout(own_id: int, ranges: list[tuple[int, int]]) -> tuple[IdRange, ...]:
+    # container 0 is the user; the subordinate ranges follow from container id 1, in file order
+    out, next_id = [IdRange(0, own_id, 1)], 1
+    for start, count in ranges:
+        out.append(IdRange(next_id, start, count))
+        next_id += count
+    return tuple(out)
+
+
+def subid_ranges(user_name: str, uid: int, gid: int | None = None, *,
+                 subuid_file: Path = Path("/etc/subuid"),
+                 subgid_file: Path = Path("/etc/subgid")) -> IdMappings | None:
+    """The mapping the holder uses, or None when either file has no range for the user (by name or uid).
+    `gid` (container gid 0) defaults to the user's primary group."""
+    uid_ranges = _subid_entries(subuid_file, user_name, uid)
+    gid_ranges = _subid_entries(subgid_file, user_name, uid)
+    if not uid_ranges or not gid_ranges:
+        return None
+    if gid is None:
+        gid = os.getegid() if uid == os.geteuid() else _primary_gid(uid)
+    return IdMappings(_layout(uid, uid_ranges), _layout(gid, gid_ranges))
+
+
+def _primary_gid(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
+
+
+def _parse_id_map(path: str) -> tuple[IdRange, ...]:
+    ranges = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) == 3:
+                ranges.append(IdRange(int(fields[0]), int(fields[1]), int(fields[2])))
+    return tuple(ranges)
+
+
+def current_mappings() -> IdMappings:
+    """The uid/gid maps of the calling process's user namespace (identity 0..2^32-2 outside any)."""
+    return IdMappings(_parse_id_map("/proc/self/uid_map"), _parse_id_map("/proc/self/gid_map"))
+
+
+def _in_initial_userns() -> bool:
+    return _parse_id_map("/proc/self/uid_map") == (IdRange(0, 0, 4294967295),)
+
+
+def _info_inside(holder_pid: int | None) -> UsernsInfo:
+    m = current_mappings()
+    single = len(m.uids) == 1 and m.uids[0].size == 1
+    return UsernsInfo(rootless=True, single_mapping=single, mappings=m, holder_pid=holder_pid)
+
+
+# ---------------------------------------------------------------------------------------------- pidfile
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a process, None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def _read_pidfile(runroot: Path) -> tuple[int, int] | None:
+    try:
+        pid_s, start_s = (runroot / PIDFILE).read_text().split()[:2]
+        return int(pid_s), int(start_s)
+    except (OSError, ValueError):
+        return None
+
+
+def _is_our_holder(pid: int, start: int) -> bool:
+    """The pidfile is trusted only if the process has the recorded start time (pids get reused), our
+    uid, and the holder's name; a zombie counts as gone."""
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X") or stat[1] != start:
+        return False
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return False
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == HOLDER_NAME
+    except OSError:
+        return False
+
+
+def holder_pid(runroot: Path) -> int | None:
+    """The pid of the live holder of `runroot`, or None."""
+    rec = _read_pidfile(Path(runroot))
+    return rec[0] if rec and _is_our_holder(*rec) else None
+
+
+@contextlib.contextmanager
+def _locked(runroot: Path) -> Iterator[None]:
+    try:
+        runroot.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(runroot / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise NamespaceError(f"cannot lock {runroot / LOCKFILE}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- joining
+
+def _join(pid: int, start: int) -> bool:
+    """setns into the holder's user then mount namespace; False if the holder vanished first."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        threads = 1
+    if threads > 1:
+        raise NamespaceError(f"cannot join the user namespace: the process has {threads} threads "
+                             "(join before starting any thread)")
+    try:
+        user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(user_fd)
+        return False
+    try:
+        # checked again with the fds open: they pin the namespaces of the process we checked
+        if not _is_our_holder(pid, start):
+            return False
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = "/"
+        try:
+            syscalls.setns(user_fd, syscalls.CLONE_NEWUSER)
+        except OSError as e:
+            raise NamespaceError(f"cannot join the user namespace of holder {pid}: {e.strerror}") from None
+        try:
+            syscalls.setns(mnt_fd, syscalls.CLONE_NEWNS)
+        except OSError as e:
+            raise NamespaceError(f"cannot join the mount namespace of holder {pid}: {e.strerror}") from None
+        # joining a mount namespace resets the working directory to its root
+        with contextlib.suppress(OSError):
+            os.chdir(cwd)
+        return True
+    finally:
+        os.close(user_fd)
+        os.close(mnt_fd)
+
+
+def ensure_joined(runroot: Path) -> UsernsInfo:
+    """Join (starting it if needed) the namespace holder of `runroot`. No-op for real root.
+
+    Must run while the process is single-threaded (see the module docstring)."""
+    if os.geteuid() == 0:
+        if _in_initial_userns():
+            return UsernsInfo(rootless=False)
+        return _info_inside(holder_pid(runroot))  # already inside (joined earlier, or started there)
+    runroot = Path(runroot)
+    rec = _read_pidfile(runroot)
+    if rec and _is_our_holder(*rec) and _join(*rec):
+        return _info_inside(rec[0])
+    with _locked(runroot):
+        rec = _read_pidfile(runroot)
+        if not (rec and _is_our_holder(*rec)):
+            rec = _start_holder(runroot)
+        if not _join(*rec):
+            raise NamespaceError(f"the namespace holder {rec[0]} exited before it could be joined")
+    return _info_inside(rec[0])
+
+
+def exec_in_namespace(runroot: Path, argv: list[str] | None = None, env: dict[str, str] | None = None):
+    """`pinnace unshare CMD…`: join the holder, then replace this process with CMD (default $SHELL)."""
+    ensure_joined(runroot)
+    argv = list(argv or [os.environ.get("SHELL") or "/bin/sh"])
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        os.execvpe(argv[0], argv, dict(os.environ if env is None else env))
+    except FileNotFoundError:
+        raise CommandNotFound(f"{argv[0]}: command not found") from None
+    except OSError as e:
+        raise CannotInvoke(f"{argv[0]}: {e.strerror}") from None
+
+
+def stop_holder(runroot: Path, timeout: float = 5.0) -> bool:
+    """Terminate the holder of `runroot`; True if one was running. Mounts in its namespace go with it."""
+    import time
+
+    runroot = Path(runroot)
+    with _locked(runroot):
+        rec = _read_pidfile(runroot)
+        if not (rec and _is_our_holder(*rec)):
+            with contextlib.suppress(OSError):
+                (runroot / PIDFILE).unlink()
+            return False
+        pid = rec[0]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # it is our child only if this process started it
+            if not _is_our_holder(*rec):
+                break
+            time.sleep(0.005)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            (runroot / PIDFILE).unlink()
+        return True
+
+
+# ---------------------------------------------------------------------------------------------- starting
+
+def host_program_env() -> dict[str, str]:
+    """Environment for host helpers (newuidmap …): a PyInstaller executable points LD_LIBRARY_PATH at
+    its bundled libraries and keeps the user's value in LD_LIBRARY_PATH_ORIG."""
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        if orig is not None:
+            env["LD_LIBRARY_PATH"] = orig
+        else:
+            env.pop("LD_LIBRARY_PATH", None)
+    return env
+
+
+def _find_program(name: str) -> str | None:
+    dirs = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+    for d in dirs:
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _read_line(fd: int) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.strip()
+
+
+def _userns_refused(err: int) -> NamespaceError:
+    def sysctl(name: str) -> str | None:
+        try:
+            with open("/proc/sys/" + name.replace(".", "/")) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    for name, bad, fix in (("kernel.unprivileged_userns_clone", "0", "1"),
+                           ("user.max_user_namespaces", "0", "15000"),
+                           ("kernel.apparmor_restrict_unprivileged_userns", "1", "0")):
+        if sysctl(name) == bad:
+            return NamespaceError(f"unprivileged user namespaces are disabled on this host: "
+                                  f"run 'sysctl -w {name}={fix}' as root")
+    return NamespaceError(f"cannot create a user namespace: {os.strerror(err)}")
+
+
+def _holder_main(report_fd: int, go_fd: int) -> None:
+    """The holder itself, in the forked child. No imports from here on: the child must stay cheap."""
+    os.setsid()
+    if os.fork() != 0:
+        os._exit(0)  # the grandchild is reparented at once: no zombie for the CLI to reap
+    null = os.open("/dev/null", os.O_RDWR)
+    for std in (0, 1, 2):
+        os.dup2(null, std)  # never keep the CLI's stdout/stderr pipes open
+    keep = sorted({0, 1, 2, report_fd, go_fd})
+    for lo, hi in zip(keep, keep[1:] + [1 << 20]):
+        os.closerange(lo + 1, hi)  # also the flock fd: the lock must be released with the CLI
+    os.chdir("/")
+    with contextlib.suppress(OSError):
+        comm = os.open("/proc/self/comm", os.O_WRONLY)
+        os.write(comm, HOLDER_NAME.encode())
+        os.close(comm)
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNS)
+    except OSError as e:
+        os.write(report_fd, b"E unshare %d\n" % e.errno)
+        os._exit(1)
+    os.write(report_fd, b"U %d\n" % os.getpid())
+    if os.read(go_fd, 16) != b"M":
+        os._exit(1)  # the parent gave up (mapping failed)
+    try:
+        # mounts made in here must never propagate back to the host
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    except OSError as e:
+        os.write(report_fd, b"E mount %d\n" % e.errno)
+        os._exit(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    os.write(report_fd, b"R\n")
+    os.close(report_fd)
+    os.close(go_fd)
+    while True:
+        signal.pause()
+
+
+def _write_maps(pid: int, uid: int, gid: int, mappings: IdMappings | None, user: str) -> None:
+    if mappings is None:
+        # single mapping: an unprivileged process may map its own ids once setgroups is denied
+        try:
+            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1\n"), ("gid_map", f"0 {gid} 1\n")):
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(text)
+        except OSError as e:
+            raise NamespaceError(f"cannot write the id map of the user namespace: {e.strerror}") from None
+        return
+    import subprocess  # only when a holder starts: keeps joining cheap
+
+    for tool, ranges, file in (("newuidmap", mappings.uids, "/etc/subuid"), ("newgidmap", mappings.gids, "/etc/subgid")):
+        args = [str(v) for r in ranges for v in (r.container_id, r.host_id, r.size)]
+        try:
+            res = subprocess.run([_find_program(tool) or tool, str(pid), *args], env=host_program_env(),
+                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise NamespaceError(f"cannot run {tool}: {e}") from None
+        if res.returncode != 0:
+            msg = " ".join(res.stderr.decode(errors="replace").split()) or f"exit status {res.returncode}"
+            raise NamespaceError(f"{tool} failed: {msg} (check that {file} has a range for {user}, "
+                                 f"e.g. '{user}:100000:65536')")
+
+
+def _start_holder(runroot: Path) -> tuple[int, int]:
+    """Fork the holder, map its ids from here (setuid helpers cannot work inside an unmapped namespace),
+    and record it in the pidfile. Called with the lock held."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    mappings = None
+    if os.environ.get(IGNORE_SUBUID_ENV) != "1":
+        mappings = subid_ranges(user, uid, gid)
+        if mappings and not (_find_program("newuidmap") and _find_program("newgidmap")):
+            mappings = None
+    syscalls._lib()  # resolve libc before forking
+    report_r, report_w = os.pipe()
+    go_r, go_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(report_r)
+            os.close(go_w)
+            _holder_main(report_w, go_r)
+        finally:
+            os._exit(1)
+    os.close(report_w)
+    os.close(go_r)
+    holder = 0
+    try:
+        os.waitpid(child, 0)
+        msg = _read_line(report_r)
+        if msg.startswith(b"E "):
+            _, call, num = msg.split()
+            if call == b"unshare":
+                raise _userns_refused(int(num))
+            raise NamespaceError(f"namespace holder: {call.decode()} failed: {os.strerror(int(num))}")
+        if not msg.startswith(b"U "):
+            raise NamespaceError("the namespace holder exited during start-up")
+        holder = int(msg.split()[1])
+        _write_maps(holder, uid, gid, mappings, user)
+        os.write(go_w, b"M")
+        msg = _read_line(report_r)
+        if msg != b"R":
+            raise NamespaceError(f"the namespace holder failed to start: {msg.decode(errors='replace')}")
+        stat = _proc_stat(holder)
+        if stat is None:
+            raise NamespaceError("the namespace holder exited during start-up")
+        tmp = runroot / f".{PIDFILE}.{os.getpid()}"
+        tmp.write_text(f"{holder} {stat[1]}\n")
+        os.replace(tmp, runroot / PIDFILE)
+        return holder, stat[1]
+    except BaseException:
+        if holder:
+            with contextlib.suppress(OSError):
+                os.kill(holder, signal.SIGKILL)
+        raise
+    finally:
+        os.close(report_r)
+        os.close(go_w)

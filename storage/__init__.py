@@ -1,0 +1,1 @@
+"""Content-addressed blobs, unpacked layers, image records and their metadata database."""

@@ -1,0 +1,72 @@
+"""Where everything of one store lives on disk. One place, so no module invents its own paths."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pinnace.errors import InvalidArgument
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def digest_hex(digest: str) -> str:
+    """'sha256:abc…' → 'abc…' (validated, so a digest can never become a path like '../x')."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or not _HEX.match(hexpart):
+        raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 hex>")
+    return hexpart
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    root: Path      # persistent data: state.db, blobs, layers
+    runroot: Path   # volatile: holder pid, mounts, sockets
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def layers_dir(self) -> Path:
+        return self.root / "layers"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def mounts_dir(self) -> Path:
+        return self.runroot / "mounts"
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / digest_hex(digest)
+
+    def layer_path(self, diff_id: str) -> Path:
+        return self.layers_dir / digest_hex(diff_id)
+
+    def lock_path(self, kind: str, name: str) -> Path:
+        return self.locks_dir / f"{kind}-{name}.lock"
+
+    def create_dirs(self) -> None:
+        for d in (self.root, self.blobs_dir, self.layers_dir, self.locks_dir, self.tmp_dir, self.runroot):
+            d.mkdir(parents=True, exist_ok=True)
+        # The store holds files owned by subordinate ids: keep other users out of it.
+        for d in (self.root, self.runroot):
+            try:
+                os.chmod(d, 0o700)
+            except OSError:
+                pass
+
+    def partial_name(self, final: Path) -> Path:
+        """Name of a half-written object: cleaned by the next process that takes the object's lock."""
+        return final.with_name(f"{final.name}.partial-{os.getpid()}")

@@ -1,0 +1,88 @@
+"""save / load / import: archive round trips keep digests; the fixture archives load."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+from testenv import FIXTURES_DIR, REGISTRY
+
+LAYERS = f"{REGISTRY}/fixtures/busybox-layers:latest"
+
+
+@pytest.mark.parametrize("fmt", ["oci-archive", "docker-archive"])
+def test_save_rmi_load_round_trip(pinnace, fixtures_info, tmp_path, fmt):
+    pinnace("pull", "-q", LAYERS)
+    before = pinnace("image", "inspect", LAYERS).json()[0]
+    archive = tmp_path / "img.tar"
+    pinnace("save", "--format", fmt, "-o", str(archive), LAYERS)
+    pinnace("rmi", LAYERS)
+    res = pinnace("load", "-i", str(archive))
+    assert f"Loaded image: {LAYERS}" in res.out
+    after = pinnace("image", "inspect", LAYERS).json()[0]
+    assert after["Id"] == before["Id"] == fixtures_info["busybox-layers"]["config"]
+    assert after["RootFS"] == before["RootFS"]
+    if fmt == "oci-archive":
+        assert after["Digest"] == before["Digest"] == fixtures_info["busybox-layers"]["digest"]
+    # the loaded image is whole: its merged filesystem has the fixture content
+    mnt = pinnace("image", "mount", LAYERS).out.strip()
+    assert pinnace("unshare", "cat", f"{mnt}/data/sub/new.txt").out == "new\n"
+
+
+def test_save_to_stdout_and_load_from_stdin(pinnace, fixtures_info):
+    pinnace("pull", "-q", LAYERS)
+    data = pinnace.popen("save", LAYERS, stdout=-1).communicate()[0]
+    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    assert "manifest.json" in names
+    pinnace("rmi", LAYERS)
+    out = pinnace("load", input=data).out
+    assert LAYERS in out
+
+
+@pytest.mark.parametrize("name", ["busybox", "busybox-layers", "busybox-multi", "debian"])
+@pytest.mark.parametrize("kind", ["oci", "docker"])
+def test_load_fixture_archives(module_pinnace, fixtures_info, name, kind):
+    path = FIXTURES_DIR / f"{name}.{kind}.tar"
+    module_pinnace("load", "-i", str(path))
+    expected = fixtures_info["busybox" if name == "busybox-multi" else name]["config"]
+    got = module_pinnace("image", "inspect", f"{name}:latest").json()[0]["Id"]
+    assert got == expected
+
+
+def test_import_tarball_with_changes(pinnace, tmp_path):
+    src = tmp_path / "rootfs.tar"
+    with tarfile.open(src, "w:gz") as t:
+        for name, body in (("etc/motd", b"hello\n"), ("bin/tool", b"#!/bin/sh\necho hi\n")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(body), 0o755
+            t.addfile(info, io.BytesIO(body))
+    iid = pinnace("import", "-c", 'CMD ["/bin/tool"]', "-c", "ENV A=b", "-m", "from test",
+                  str(src), "imported:v1").out.strip()
+    data = pinnace("image", "inspect", "imported:v1").json()[0]
+    assert data["Id"] == "sha256:" + iid
+    assert data["Config"]["Cmd"] == ["/bin/tool"] and "A=b" in data["Config"]["Env"]
+    assert data["History"][0]["comment"] == "from test"
+    mnt = pinnace("image", "mount", "imported:v1").out.strip()
+    assert pinnace("unshare", "cat", f"{mnt}/etc/motd").out == "hello\n"
+    # import from stdin
+    iid2 = pinnace("import", "-", input=src.read_bytes()).out.strip()
+    assert iid2  # dangling image
+    res = pinnace("import", "-c", "FROB x", str(src), check=False)
+    assert res.rc == 125 and "FROB" in res.err
+
+
+def test_load_rejects_garbage(pinnace, tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    res = pinnace("load", "-i", str(junk), check=False)
+    assert res.rc == 125 and "archive" in res.err and "Traceback" not in res.err
+    t = tmp_path / "empty.tar"
+    with tarfile.open(t, "w") as tf:
+        info = tarfile.TarInfo("manifest.json")
+        body = json.dumps([{"Config": "missing.json", "Layers": []}]).encode()
+        info.size = len(body)
+        tf.addfile(info, io.BytesIO(body))
+    res = pinnace("load", "-i", str(t), check=False)
+    assert res.rc == 125 and "missing.json" in res.err
+    assert pinnace("images", "-q").out == ""
