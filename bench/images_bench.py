@@ -88,34 +88,43 @@ def podman_tool(cmd: list[str]) -> Tool:
     return Tool("podman", list(cmd), env)
 
 
-def measure(tool: Tool, reps: int, image: str, small: str, pull_opts: list[str], log) -> None:
-    def sample(op: str, *args: str, before=None) -> None:
+def measure(tools: list[Tool], reps: int, image: str, small: str, pull_opts: list[str], log) -> None:
+    """Run every operation `reps` times per tool, interleaving the tools (and alternating which goes
+    first) so that load from elsewhere on the machine hits both alike."""
+    def sample(tool: Tool, op: str, *args: str, before=None) -> float | None:
         if op in tool.errors:
-            return
+            return None
         try:
             if before:
                 before()
-            tool.samples.setdefault(op, []).append(tool.run(*args))
+            elapsed = tool.run(*args)
         except (CommandFailed, subprocess.TimeoutExpired) as exc:
             tool.errors[op] = str(exc)
             log(f"  {tool.name}: {op} failed: {exc}")
+            return None
+        tool.samples.setdefault(op, []).append(elapsed)
+        return elapsed
 
-    log(f"{tool.name}: --version ×{reps}")
-    for _ in range(reps):
-        sample("version", "--version")
-    log(f"{tool.name}: cold pull of {image} ×{reps} (store reset before each)")
-    for i in range(reps):
-        sample("pull_cold", "pull", "-q", *pull_opts, image, before=tool.reset)
-        log(f"  run {i + 1}: {tool.samples.get('pull_cold', [float('nan')])[-1]:.2f} s")
-    log(f"{tool.name}: warm pull ×{reps}")
-    if not tool.samples.get("pull_cold"):  # the warm runs need the image, however the cold ones went
-        sample("pull_warm_setup", "pull", "-q", *pull_opts, image)
-    for _ in range(reps):
-        sample("pull_warm", "pull", "-q", *pull_opts, image)
-    log(f"{tool.name}: images ×{reps}")
-    sample("pull_small", "pull", "-q", *pull_opts, small)
-    for _ in range(reps):
-        sample("images", "images")
+    def each_rep(label: str, op: str, *args: str, reset: bool = False) -> None:
+        log(f"{label} ×{reps}")
+        for i in range(reps):
+            order = tools if i % 2 == 0 else tools[::-1]
+            times = []
+            for tool in order:
+                t = sample(tool, op, *args, before=tool.reset if reset else None)
+                times.append(f"{tool.name} {t:.3f} s" if t is not None else f"{tool.name} failed")
+            log(f"  run {i + 1}: " + ", ".join(times))
+
+    each_rep("--version", "version", "--version")
+    each_rep(f"cold pull of {image} (store reset before each)", "pull_cold", "pull", "-q", *pull_opts, image,
+             reset=True)
+    for tool in tools:  # the warm runs need the image, however the cold ones went
+        if not tool.samples.get("pull_cold"):
+            sample(tool, "pull_warm_setup", "pull", "-q", *pull_opts, image)
+    each_rep("warm pull", "pull_warm", "pull", "-q", *pull_opts, image)
+    for tool in tools:
+        sample(tool, "pull_small", "pull", "-q", *pull_opts, small)
+    each_rep("images (debian + busybox present)", "images", "images")
 
 
 def machine_facts(podman: Tool | None, pinnace: Tool | None) -> dict:
@@ -227,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
 
     by = {t.name: t for t in tools}
     facts = machine_facts(by.get("podman"), by.get("pinnace"))
+    t0 = time.perf_counter()
     try:
-        for tool in tools:
-            t0 = time.perf_counter()
-            measure(tool, args.reps, image, small, pull_opts, log)
-            log(f"{tool.name}: done in {time.perf_counter() - t0:.1f} s")
+        measure(tools, args.reps, image, small, pull_opts, log)
+        log(f"measured in {time.perf_counter() - t0:.1f} s")
     finally:
         if "podman" in by:
             try:

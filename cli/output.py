@@ -1,11 +1,10 @@
 """Rendering helpers: aligned tables (like Go's tabwriter), sizes and times as Podman prints them, JSON."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def tabulate(rows: Sequence[Sequence[str]], pad: int = 2) -> str:
@@ -93,6 +92,7 @@ def since(value: str | None) -> str:
 
 
 def print_json(obj: object) -> None:
+    import json
     sys.stdout.write(json.dumps(obj, indent=4, default=str) + "\n")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Callable, Protocol
+from collections.abc import Callable
 
 
 class ProgressKind(StrEnum):
@@ -23,15 +23,13 @@ class ProgressKind(StrEnum):
 
 @dataclass(frozen=True)
 class ProgressEvent:
+    """One step of a long operation, for progress display."""
+
     kind: ProgressKind
     id: str = ""                 # blob digest the event is about
     current: int = 0
     total: int = 0
     message: str = ""
-
-
-class ProgressSink(Protocol):
-    def __call__(self, event: ProgressEvent) -> None: ...
 
 
 def no_progress(event: ProgressEvent) -> None:
@@ -41,6 +39,8 @@ def no_progress(event: ProgressEvent) -> None:
 # -- images ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImagePullOptions:
+    """What to pull and how to reach the registry."""
+
     reference: str
     platform: str | None = None          # "linux/arm64"; None = the host's
     tls_verify: bool | None = None       # None = per registries.conf (loopback is insecure by default)
@@ -50,6 +50,8 @@ class ImagePullOptions:
 
 @dataclass(frozen=True)
 class ImagePullReport:
+    """What a pull stored."""
+
     image_id: str
     reference: str                       # canonical name that was pulled
     digest: str                          # manifest digest (the index digest when the reference was an index)
@@ -59,12 +61,16 @@ class ImagePullReport:
 
 @dataclass(frozen=True)
 class ImageListOptions:
+    """Which images to list."""
+
     all: bool = False
     filters: tuple[str, ...] = ()        # "reference=busybox*", "dangling=true", "label=k=v", "id=…"
 
 
 @dataclass(frozen=True)
 class ImageSummary:
+    """One row of the image list (one per name)."""
+
     id: str
     repository: str                      # "<none>" for a dangling image
     tag: str
@@ -79,6 +85,8 @@ class ImageSummary:
 
 @dataclass(frozen=True)
 class ImageRemoveOptions:
+    """Which images to remove."""
+
     images: tuple[str, ...]
     force: bool = False
     all: bool = False
@@ -86,6 +94,8 @@ class ImageRemoveOptions:
 
 @dataclass(frozen=True)
 class ImageRemoveReport:
+    """What rmi did, and what it could not do."""
+
     untagged: tuple[str, ...]
     deleted: tuple[str, ...]
     errors: tuple[str, ...] = ()         # one line per image that could not be removed
@@ -94,12 +104,16 @@ class ImageRemoveReport:
 
 @dataclass(frozen=True)
 class ImagePruneOptions:
+    """Which unused images to remove."""
+
     all: bool = False                    # also tagged images no container uses
     filters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class HistoryEntry:
+    """One step of an image history, newest first."""
+
     id: str                              # layer's image id for the top entry, "<missing>" otherwise
     created: str | None
     created_by: str
@@ -110,6 +124,8 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class ImageSaveOptions:
+    """Images to write to an archive."""
+
     images: tuple[str, ...]
     output: str | None                   # path, or None for the stream passed to image_save
     format: str = "docker-archive"       # or "oci-archive"
@@ -117,12 +133,16 @@ class ImageSaveOptions:
 
 @dataclass(frozen=True)
 class ImageLoadReport:
+    """Images that came out of an archive."""
+
     image_ids: tuple[str, ...]
     names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class ImageImportOptions:
+    """A root filesystem tarball to turn into an image."""
+
     source: str                          # path or "-"
     reference: str | None = None
     changes: tuple[str, ...] = ()        # Dockerfile-style "CMD [...]", "ENV A=b" …
@@ -132,6 +152,8 @@ class ImageImportOptions:
 
 @dataclass(frozen=True)
 class LoginOptions:
+    """Credentials to check and store."""
+
     registry: str
     username: str
     password: str
@@ -141,6 +163,8 @@ class LoginOptions:
 
 @dataclass(frozen=True)
 class CheckReport:
+    """Result of a store integrity check."""
+
     problems: tuple[str, ...]
     repaired: tuple[str, ...]
     images: int
@@ -150,6 +174,8 @@ class CheckReport:
 
 @dataclass(frozen=True)
 class DiskUsageRow:
+    """One row of `system df`."""
+
     type: str                            # "Images", "Containers", "Local Volumes"
     total: int
     active: int
@@ -157,4 +183,4 @@ class DiskUsageRow:
     reclaimable: int
 
 
-ProgressCallback = Callable[[ProgressEvent], None]
+ProgressCallback = Callable[[ProgressEvent], None]  # called from worker threads too

@@ -1,18 +1,23 @@
 """Local image operations: list, inspect, tag, untag, remove, prune, history, garbage collection."""
 from __future__ import annotations
 
-import fnmatch
-import json
-
 from pinnace.engine.contract import (HistoryEntry, ImageListOptions, ImagePruneOptions, ImageRemoveOptions,
                                      ImageRemoveReport, ImageSummary)
-from pinnace.engine.resolve import canonical_name, resolve_image, split_name
 from pinnace.engine.store import Store
 from pinnace.errors import Conflict, ImageNotFound, InvalidArgument, PinnaceError
 from pinnace.storage.images import ImageRecord
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """'docker.io/library/busybox:latest' → ('docker.io/library/busybox', 'latest')."""
+    repo, sep, tag = name.rpartition(":")
+    if not sep or "/" in tag:
+        return name, "<none>"
+    return repo, tag
+
+
 def image_config(store: Store, image_id: str) -> dict:
+    import json
     try:
         return json.loads(store.blobs.read(image_id))
     except ValueError:
@@ -28,6 +33,7 @@ def _familiar(name: str) -> str:
 
 
 def _reference_matches(pattern: str, names: tuple[str, ...]) -> bool:
+    import fnmatch
     for name in names:
         repo, _ = split_name(name)
         for candidate in (name, repo, _familiar(name), _familiar(repo)):
@@ -87,6 +93,7 @@ def list_images(store: Store, opts: ImageListOptions) -> list[ImageSummary]:
 
 # -- inspect / history ------------------------------------------------------------------------------------
 def inspect_image(store: Store, text: str) -> dict:
+    from pinnace.engine.resolve import resolve_image
     iid, _ = resolve_image(store.images, text)
     rec = store.images.get(iid)
     if rec is None:
@@ -121,6 +128,7 @@ def inspect_image(store: Store, text: str) -> dict:
 
 
 def image_history(store: Store, text: str) -> list[HistoryEntry]:
+    from pinnace.engine.resolve import resolve_image
     iid, _ = resolve_image(store.images, text)
     rec = store.images.get(iid)
     cfg = image_config(store, iid)
@@ -146,6 +154,7 @@ def image_history(store: Store, text: str) -> list[HistoryEntry]:
 
 # -- names -----------------------------------------------------------------------------------------------
 def tag_image(store: Store, source: str, targets: tuple[str, ...]) -> None:
+    from pinnace.engine.resolve import canonical_name, resolve_image
     iid, _ = resolve_image(store.images, source)
     names = [canonical_name(t) for t in targets]  # validate all before changing anything
     for name in names:
@@ -153,6 +162,7 @@ def tag_image(store: Store, source: str, targets: tuple[str, ...]) -> None:
 
 
 def untag_image(store: Store, text: str, names: tuple[str, ...]) -> list[str]:
+    from pinnace.engine.resolve import canonical_name, resolve_image
     iid, _ = resolve_image(store.images, text)
     if not names:
         return store.images.remove_names(iid)
@@ -168,6 +178,7 @@ def untag_image(store: Store, text: str, names: tuple[str, ...]) -> list[str]:
 
 # -- removal ---------------------------------------------------------------------------------------------
 def remove_images(store: Store, opts: ImageRemoveOptions) -> ImageRemoveReport:
+    from pinnace.engine.resolve import resolve_image
     untagged: list[str] = []
     deleted: list[str] = []
     errors: list[str] = []

@@ -12,19 +12,20 @@ from pinnace.engine.store import Store
 from pinnace.engine.system import clean_dead_temps
 from pinnace.errors import AuthenticationError, DigestMismatch, RegistryError, UnsupportedMediaType
 from pinnace.registry.manifest import (ImageIndex, ImageManifest, layer_compression, parse_config, parse_manifest,
-                                       select_platform, sha256_digest)
+                                       select_platform)
 from pinnace.registry.platform import Platform, host_platform
-from pinnace.registry.reference import parse_reference
+from pinnace.registry.reference import Reference, parse_reference
 
 LAYER_ATTEMPTS = 3
 PARALLEL_LAYERS = 3
 
 
-def make_client(registry: str, tls_verify: bool | None, credentials: tuple[str, str] | None):
+def make_client(ref: Reference, tls_verify: bool | None, credentials: tuple[str, str] | None):  # noqa: ANN201
+    """A client for ref's registry, with the credentials given or the most specific stored ones."""
     from pinnace.registry.auth import load_credentials
     from pinnace.registry.client import RegistryClient
     from pinnace.registry.config import load_registries_config
-    return RegistryClient(registry, tls_verify=tls_verify, credentials=credentials or load_credentials(registry),
+    return RegistryClient(ref.registry, tls_verify=tls_verify, credentials=credentials or load_credentials(ref.name),
                           config=load_registries_config())
 
 
@@ -36,7 +37,7 @@ def pull_image(store: Store, opts: ImagePullOptions, progress: ProgressCallback 
     if store.single_mapping:
         progress(ProgressEvent(ProgressKind.WARNING, message="no subordinate id range for this user in "
                  "/etc/subuid: files not owned by root in the image will be owned by root"))
-    client = make_client(ref.registry, opts.tls_verify, opts.credentials)
+    client = make_client(ref, opts.tls_verify, opts.credentials)
 
     fetched = client.get_manifest(ref.repository, ref.digest or ref.tag)
     top_digest = fetched.digest
@@ -44,7 +45,7 @@ def pull_image(store: Store, opts: ImagePullOptions, progress: ProgressCallback 
     index_raw: bytes | None = None
     if isinstance(parsed, ImageIndex):
         index_raw = fetched.data
-        desc = select_platform(parsed, platform)
+        desc = select_platform(parsed, platform, name=str(ref))
         fetched = client.get_manifest(ref.repository, desc.digest)
         parsed = parse_manifest(fetched.data, fetched.media_type)
         if not isinstance(parsed, ImageManifest):
@@ -55,12 +56,9 @@ def pull_image(store: Store, opts: ImagePullOptions, progress: ProgressCallback 
     if store.blobs.has(manifest.config.digest):
         config_raw = store.blobs.read(manifest.config.digest)
     else:
-        config_raw = _fetch_small_blob(client, ref.repository, manifest.config.digest)
-    config = parse_config(config_raw)
+        config_raw = client.get_blob(ref.repository, manifest.config.digest, max_size=16 << 20)
+    config = parse_config(config_raw, expected_layers=len(manifest.layers))
     diff_ids = config["rootfs"]["diff_ids"]
-    if len(diff_ids) != len(manifest.layers):
-        raise RegistryError(f"{ref}: manifest has {len(manifest.layers)} layers but the config lists "
-                            f"{len(diff_ids)} diff_ids")
     if opts.platform and not platform.matches({"os": config.get("os"), "architecture": config.get("architecture"),
                                                "variant": config.get("variant")}):
         raise RegistryError(f"{ref}: image is {config.get('os')}/{config.get('architecture')}, "
@@ -117,15 +115,3 @@ def pull_image(store: Store, opts: ImagePullOptions, progress: ProgressCallback 
                               config_raw=config_raw, names=(str(ref),) if ref.tag else (), digests=digests,
                               extra_blobs=extra)
     return ImagePullReport(record.id, str(ref), top_digest, pulled, reused)
-
-
-def _fetch_small_blob(client, repository: str, digest: str, limit: int = 16 << 20) -> bytes:  # noqa: ANN001
-    with client.open_blob(repository, digest) as blob:
-        data = blob.read(limit + 1)
-        if len(data) > limit:
-            raise RegistryError(f"config blob {digest} is larger than {limit} bytes")
-        while blob.read(1 << 16):  # reach EOF so the digest is verified
-            pass
-    if sha256_digest(data) != digest:
-        raise DigestMismatch(f"blob {digest}: content hashes to {sha256_digest(data)}")
-    return data

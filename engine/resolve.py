@@ -52,11 +52,3 @@ def resolve_image(images: ImageStore, text: str) -> tuple[str, str | None]:
     if ref is None:
         raise InvalidArgument(f"{text}: invalid image name or ID")
     raise ImageNotFound(f"{text}: no such image")
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """'docker.io/library/busybox:latest' → ('docker.io/library/busybox', 'latest')."""
-    repo, sep, tag = name.rpartition(":")
-    if not sep or "/" in tag:
-        return name, "<none>"
-    return repo, tag

@@ -8,12 +8,9 @@ from __future__ import annotations
 from functools import cached_property
 
 from pinnace.engine.config import EngineConfig
-from pinnace.storage.blobs import BlobStore
 from pinnace.storage.db import Database
 from pinnace.storage.images import ImageStore
-from pinnace.storage.layers import LayerStore
 from pinnace.storage.layout import StoreLayout
-from pinnace.storage.locks import FileLock
 
 
 class Store:
@@ -53,20 +50,23 @@ class Store:
         return Database(self.layout.db_path)
 
     @cached_property
-    def blobs(self) -> BlobStore:
+    def blobs(self):  # noqa: ANN201 - BlobStore (imported here: `images` does not need it)
+        from pinnace.storage.blobs import BlobStore
         return BlobStore(self.layout)
 
     @cached_property
-    def layers(self) -> LayerStore:
+    def layers(self):  # noqa: ANN201 - LayerStore
+        from pinnace.storage.layers import LayerStore
         return LayerStore(self.layout, self.db)
 
     @cached_property
     def images(self) -> ImageStore:
         return ImageStore(self.db)
 
-    def gc_lock(self, *, shared: bool) -> FileLock:
+    def gc_lock(self, *, shared: bool):  # noqa: ANN201 - FileLock
         """Writers that add objects hold it shared; garbage collection holds it exclusive, so it never
         deletes a layer that a running pull has unpacked but not yet recorded in an image."""
+        from pinnace.storage.locks import FileLock
         self.layout.locks_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(self.layout.lock_path("store", "gc"), shared=shared)
 

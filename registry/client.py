@@ -52,9 +52,12 @@ class BlobReader(io.RawIOBase):
     registry (or the descriptor), None when unknown. Closing before the end drops the connection.
     """
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse, digest: str, where: str, size: int | None):
+    def __init__(self, resp: urllib3.BaseHTTPResponse, digest: str, where: str, size: int | None,
+                 *, size_is_content_length: bool = True):
         super().__init__()
         self._resp, self.digest, self._where, self.size = resp, digest, where, size
+        # When `size` only comes from the descriptor, the end of the stream is checked, not assumed.
+        self._framed = size_is_content_length
         self._hash = hashlib.sha256()
         self._count = 0
         self._done = False
@@ -82,8 +85,14 @@ class BlobReader(io.RawIOBase):
         err.retryable = True  # type: ignore[attr-defined]  # fetch_blob starts the blob again
         return err
 
-    def _finish(self) -> None:
+    def _finish(self, at_eof: bool) -> None:
         self._done = True
+        if not at_eof and not self._framed:
+            try:
+                extra = self._resp.read(1, decode_content=False)
+            except (Urllib3Error, OSError) as exc:
+                self._fail(self._truncated(describe(exc)))
+            self._count += len(extra)
         if self.size is not None and self._count < self.size:
             self._fail(self._truncated())
         if self.size is not None and self._count > self.size:
@@ -109,7 +118,7 @@ class BlobReader(io.RawIOBase):
         self._count += len(data)
         self._hash.update(data)
         if not data or (self.size is not None and self._count >= self.size):
-            self._finish()
+            self._finish(at_eof=not data)
         return data
 
     def readinto(self, buffer) -> int:
@@ -233,7 +242,8 @@ class RegistryClient:
             resp.close()
             raise RegistryError(f"blob {digest} ({where}): registry announces {announced} bytes, "
                                 f"the manifest says {expected_size}")
-        return BlobReader(resp, digest, where, expected_size if expected_size is not None else announced)
+        return BlobReader(resp, digest, where, expected_size if expected_size is not None else announced,
+                          size_is_content_length=announced is not None)
 
     def fetch_blob(self, repository: str, digest: str, dest: BinaryIO, *, expected_size: int | None = None,
                    progress: Callable[[int], None] | None = None) -> int:

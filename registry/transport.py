@@ -111,7 +111,7 @@ def read_body(resp: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:
         resp.close()
         raise RegistryError(f"{what}: response of {int(length)} bytes exceeds the {limit}-byte limit")
     try:
-        data = resp.read(limit + 1)
+        data = resp.read(limit + 1, decode_content=True)  # digests are over the content, not its encoding
     except (Urllib3Error, OSError) as exc:
         resp.close()
         raise RegistryError(f"{what}: connection lost while reading the response: {describe(exc)}") from None
@@ -196,7 +196,10 @@ class Transport:
                 if attempt < self.retries:
                     self._sleep(attempt, None)
         host = urlsplit(urls[0]).netloc
-        raise RegistryError(f"cannot reach {host}: {describe(last_error) if last_error else 'no answer'}")
+        reason = describe(last_error) if last_error else "no answer"
+        if isinstance(last_error, urllib3.exceptions.SSLError) and len(urls) == 1:
+            reason += " (if this registry speaks plain HTTP, TLS verification must be turned off for it)"
+        raise RegistryError(f"cannot reach {host}: {reason}")
 
     def _send_registry(self, method: str, path: str, headers: dict[str, str],
                        body: bytes | None) -> tuple[urllib3.BaseHTTPResponse, str]:

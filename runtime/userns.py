@@ -15,15 +15,14 @@ namespace afterwards.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import pwd
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 from pinnace.errors import CannotInvoke, CommandNotFound, NamespaceError
 from pinnace.runtime import syscalls
@@ -107,16 +106,14 @@ def subid_ranges(user_name: str, uid: int, gid: int | None = None, *,
     gid_ranges = _subid_entries(subgid_file, user_name, uid)
     if not uid_ranges or not gid_ranges:
         return None
-    if gid is None:
-        gid = os.getegid() if uid == os.geteuid() else _primary_gid(uid)
+    if gid is None and uid == os.geteuid():
+        gid = os.getegid()
+    elif gid is None:
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = uid
     return IdMappings(_layout(uid, uid_ranges), _layout(gid, gid_ranges))
-
-
-def _primary_gid(uid: int) -> int:
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return uid
 
 
 def _parse_id_map(path: str) -> tuple[IdRange, ...]:
@@ -269,14 +266,19 @@ def ensure_joined(runroot: Path) -> UsernsInfo:
 def exec_in_namespace(runroot: Path, argv: list[str] | None = None, env: dict[str, str] | None = None):
     """`pinnace unshare CMD…`: join the holder, then replace this process with CMD (default $SHELL)."""
     ensure_joined(runroot)
+    import shutil
+
     argv = list(argv or [os.environ.get("SHELL") or "/bin/sh"])
+    env = dict(os.environ if env is None else env)
+    # resolved here rather than by execvpe, which reports an unreadable PATH entry instead of "not found"
+    program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
+    if program is None or not os.path.exists(program):
+        raise CommandNotFound(f"{argv[0]}: command not found")
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     try:
-        os.execvpe(argv[0], argv, dict(os.environ if env is None else env))
-    except FileNotFoundError:
-        raise CommandNotFound(f"{argv[0]}: command not found") from None
+        os.execve(program, argv, env)
     except OSError as e:
         raise CannotInvoke(f"{argv[0]}: {e.strerror}") from None
 
@@ -297,9 +299,7 @@ def stop_holder(runroot: Path, timeout: float = 5.0) -> bool:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # it is our child only if this process started it
-            if not _is_our_holder(*rec):
+            if not _is_our_holder(*rec):  # never our child (double fork): init reaps it
                 break
             time.sleep(0.005)
         else:
@@ -473,8 +473,11 @@ def _start_holder(runroot: Path) -> tuple[int, int]:
         if stat is None:
             raise NamespaceError("the namespace holder exited during start-up")
         tmp = runroot / f".{PIDFILE}.{os.getpid()}"
-        tmp.write_text(f"{holder} {stat[1]}\n")
-        os.replace(tmp, runroot / PIDFILE)
+        try:
+            tmp.write_text(f"{holder} {stat[1]}\n")
+            os.replace(tmp, runroot / PIDFILE)
+        except OSError as e:
+            raise NamespaceError(f"cannot write {runroot / PIDFILE}: {e.strerror}") from None
         return holder, stat[1]
     except BaseException:
         if holder:

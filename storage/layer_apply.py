@@ -127,9 +127,9 @@ class _Applier:
             for k in [k for k in self.dirmeta if k == key or k.startswith(prefix)]:
                 del self.dirmeta[k]
 
-    def _chown(self, e: tr.Entry, fd: int = -1, pfd: int = -1, name: str = "") -> bool:
+    def _chown(self, e: tr.Entry, fd: int = -1, pfd: int = -1, name: str = "", new: bool = True) -> bool:
         """Set the owner; False (and counted) if the ids are not mapped here, the entry stays ours."""
-        if e.uid == self.euid and e.gid == self.egid and not self.chown_always:
+        if new and e.uid == self.euid and e.gid == self.egid and not self.chown_always:
             return True
         try:
             if fd >= 0:
@@ -212,17 +212,20 @@ class _Applier:
         self.size += e.realsize
 
     def _directory(self, e: tr.Entry, parts: list[str], key: str, pfd: int = -1) -> None:
+        new = False  # the root, or a directory merged with an earlier one: its owner may not be ours
         if parts:
             name = parts[-1]
             try:
                 # 0700 until the end: the final mode may forbid writing the entries that follow
                 os.mkdir(name, 0o700, dir_fd=pfd)
+                new = True
             except FileExistsError:
                 if not stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
                     self._remove(pfd, name, key)
                     os.mkdir(name, 0o700, dir_fd=pfd)
+                    new = True
         fd = self.tree.dir_fd(parts, len(parts), e.name)
-        owned = self._chown(e, fd=fd)
+        owned = self._chown(e, fd=fd, new=new)
         if e.xattrs:
             self._xattrs(e, fd)
         self.dirmeta[key] = (self._mode(e, owned), e.mtime_ns)
@@ -275,6 +278,8 @@ class _Applier:
             pfd = self.tree.dir_fd(parts, len(parts) - 1, e.name)
             key = "/".join(parts[:-1] + [hidden])
             self._create(lambda: os.mknod(hidden, stat.S_IFCHR, 0, dir_fd=pfd), pfd, hidden, key)
+            # the marker's mtime, so that export → apply reproduces the same tree
+            os.utime(hidden, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
         else:
             return
         self.files += 1

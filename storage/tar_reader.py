@@ -107,7 +107,10 @@ def _cstr(raw: bytes) -> str:
 
 
 def _checksum_ok(block: bytes) -> bool:
-    want = _num(block[148:156])
+    try:
+        want = _num(block[148:156])
+    except LayerError:
+        return False
     unsigned = sum(block) - sum(block[148:156]) + 256
     if want == unsigned:
         return True

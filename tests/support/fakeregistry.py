@@ -4,17 +4,20 @@ It serves images of an OCI image layout (the fixture `oci/` directory) over plai
 answers like Distribution 2.8 does, and applies *faults* — per-request lies — so tests can prove that
 the client notices each of them.
 
-    from fakeregistry import FakeRegistry, Fault
+    from fakeregistry import FakeRegistry
 
-    with FakeRegistry(FIXTURES_DIR / "oci", images={"test/busybox": "busybox"}) as reg:
+    with FakeRegistry(images={"test/busybox": "busybox"}) as reg:   # layout: fixtures_layout()
         reg.host                                    # "127.0.0.1:PORT" (plain HTTP)
         reg.add_fault("status", path="/manifests/", status=500, times=2)   # 500 twice, then the truth
         reg.add_fault("corrupt", path="/blobs/")    # blob bytes that hash differently
         reg.requests                                # [Request(method, path, headers, server), …]
 
-`layout_dir` defaults to `fixtures_layout()`. `images` maps `repository[:tag]` (tag `latest` when omitted) to an `org.opencontainers.image.ref.name`
-of the layout; by default every ref name NAME is served as `fixtures/NAME:latest`, like the fixture
+`layout_dir` defaults to `fixtures_layout()` (`$PINNACE_FIXTURES_DIR/oci`). `images` maps
+`repository[:tag]` (tag `latest` when omitted) to an `org.opencontainers.image.ref.name` of the
+layout; by default every ref name NAME is served as `fixtures/NAME:latest`, like the fixture
 registries. Any manifest or blob of the layout can be fetched by digest from any served repository.
+Manifests in OCI formats are only served to clients whose Accept header lists them (Distribution does
+the same).
 
 Authentication (`auth=`): None (open), `"basic"` (htpasswd-style, `users`), or `"bearer"`: a token
 service at `/token` on the same server (`realm="http://HOST/token",service="fake-registry"`) that
@@ -23,20 +26,23 @@ tokens for exactly the scopes asked; registry requests need a token covering `re
 (`push` for writes). `challenge_scope=False` leaves `scope` out of the challenges, so the client must
 build it; `token_field` names the JSON field of the token (`"token"` or `"access_token"`).
 
-Fault kinds (`add_fault(kind, path=REGEX, method=None, times=None, **options)`; the first active fault
-whose `path` regex is found in the request path, and whose method matches, applies; `times` limits
-how many requests it lies to, None = all; `fault.hits` counts them):
+Fault kinds (`add_fault(kind, path=REGEX, method=None, times=None, **options)`; for each `/v2/…`
+request that passed authentication, the first active fault whose `path` regex is found in the request
+path (query included), and whose method matches, applies; `times` limits how many requests it lies
+to, None = all; `fault.hits` counts them; `clear_faults()` removes them all):
 
 - `status`      answer `status` (404, 401, 500, 429, …) with a distribution error body
                 (`code`/`message` options override it; `headers` adds headers, e.g. Retry-After)
 - `disconnect`  close the connection without answering
-- `corrupt`     same headers (the real digest and length) but different bytes: one byte flipped in
-                a blob, a leading space in a manifest
+- `corrupt`     the real Docker-Content-Digest but other bytes: one byte flipped in a blob (same
+                length), a leading space in a manifest
 - `truncate`    announce the full Content-Length, send half of the body, close the connection
-- `media-type`  serve with Content-Type `media_type`
-- `body`        serve `body` (bytes) as the document, with Content-Type `media_type` (default
+- `media-type`  (manifests) serve with Content-Type `media_type`
+- `body`        (manifests) serve `body` (bytes) with Content-Type `media_type` (default
                 application/json) and an honest Docker-Content-Digest (for malformed JSON, schema 1, …)
-- `no-digest`   leave out Docker-Content-Digest (with `corrupt` semantics when `corrupt=True`)
+- `no-digest`   (manifests) leave out Docker-Content-Digest (and corrupt the body when `corrupt=True`)
+- `chunked`     send a blob with Transfer-Encoding: chunked and no Content-Length (then the bytes
+                `body`, if given: trailing junk after the real content)
 - `redirect`    307 a blob to the storage server on another port (`reg.storage_host`), which refuses
                 requests that carry an Authorization header (400), like cloud blob storage
 - `redirect-same` 307 a blob to `/storage/…` on this server (same host: credentials may stay)
@@ -61,7 +67,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 SERVICE = "fake-registry"
 FAULT_KINDS = frozenset({"status", "disconnect", "corrupt", "truncate", "media-type", "body", "no-digest",
-                         "redirect", "redirect-same"})
+                         "chunked", "redirect", "redirect-same"})
 _ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "DENIED", 404: "NOT_FOUND",
                 429: "TOOMANYREQUESTS", 500: "UNKNOWN", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}
 _ROUTE = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]+)$")
@@ -394,6 +400,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._truncated(bytes(data), headers)
             data[len(data) // 2] ^= 0xFF
             return self._send(200, bytes(data), headers)
+        if fault is not None and fault.kind == "chunked":
+            data = path.read_bytes() + (fault.body or b"")
+            self.send_response(200)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if self.command != "HEAD":
+                for i in range(0, len(data), 100_000):
+                    piece = data[i:i + 100_000]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_response(200)
         for key, value in headers.items():
             self.send_header(key, value)

@@ -99,6 +99,13 @@ def gnu_sparse(workdir: Path, variant: str) -> tuple[bytes, bytes]:
     return archive, bytes(content)
 
 
+def fixture_blob(digest: str) -> Path:
+    """A blob of the fixture OCI layout (same directory rule as conftest's FIXTURES_DIR)."""
+    base = Path(os.environ.get("PINNACE_FIXTURES_DIR")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pinnace-fixtures")
+    return base / "oci/blobs/sha256" / digest.split(":", 1)[1]
+
+
 def snapshot(root: Path, mtimes: bool = True) -> dict[str, tuple]:
     """path -> (type+mode, uid, gid, mtime, xattrs, size/target/rdev, sha256) for every entry below root,
     plus a "<hardlinks>" key listing groups of paths sharing an inode."""

