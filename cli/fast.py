@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-_GLOBAL_VALUE = {"--root", "--runroot", "--storage-driver", "--log-level"}
+_GLOBAL_VALUE = {"--root", "--runroot", "--log-level"}  # --storage-driver: typer validates it
 _IMAGES_BOOL = {"-q": "quiet", "--quiet": "quiet", "-a": "all", "--all": "all", "--digests": "digests",
                 "--no-trunc": "no_trunc", "-n": "noheading", "--noheading": "noheading"}
 _IMAGES_VALUE = {"--format": "format", "-f": "filter", "--filter": "filter"}
@@ -67,13 +67,12 @@ def try_fast_path(argv: list[str]) -> int | None:
 
 
 def _images(globals_: dict[str, str], opts: dict) -> int:
+    # the same listing function LocalEngine.image_list uses, without loading the engine (dataclasses, pathlib)
     from pinnace.cli.images_view import ImagesView, render_images
-    from pinnace.engine.config import resolve_config
-    from pinnace.engine.contract import ImageListOptions
-    from pinnace.engine.local import LocalEngine
-    engine = LocalEngine(resolve_config(globals_.get("--root"), globals_.get("--runroot"),
-                                        globals_.get("--storage-driver")))
-    rows = engine.image_list(ImageListOptions(all=bool(opts.get("all")), filters=tuple(opts["filter"])))
+    from pinnace.engine.image_list import list_images
+    from pinnace.engine.paths import store_paths
+    root, _ = store_paths(globals_.get("--root"), globals_.get("--runroot"))
+    rows = list_images(root, opts["filter"])
     render_images(rows, ImagesView(quiet=bool(opts.get("quiet")), digests=bool(opts.get("digests")),
                                    no_trunc=bool(opts.get("no_trunc")), format=opts.get("format"),
                                    noheading=bool(opts.get("noheading"))))

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 from pinnace.cli.output import human_size, parse_time, print_json, short_id, since, tabulate
-from pinnace.engine.contract import ImageSummary
+from pinnace.engine.image_list import ImageSummary
 
 
-@dataclass(frozen=True)
 class ImagesView:
-    quiet: bool = False
-    digests: bool = False
-    no_trunc: bool = False
-    format: str | None = None
-    noheading: bool = False
+    """How to show the list (flags of `images`). A plain class: this module is on the fast path."""
+
+    __slots__ = ("quiet", "digests", "no_trunc", "format", "noheading")
+
+    def __init__(self, quiet: bool = False, digests: bool = False, no_trunc: bool = False,
+                 format: str | None = None, noheading: bool = False):  # noqa: A002
+        self.quiet, self.digests, self.no_trunc, self.format, self.noheading = quiet, digests, no_trunc, format, noheading
 
 
 def _row_fields(s: ImageSummary, no_trunc: bool) -> dict:

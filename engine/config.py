@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pinnace.engine.paths import store_paths
 from pinnace.errors import InvalidArgument
 
 STORAGE_DRIVERS = ("overlay",)   # fuse and vfs arrive with the storage-drivers issue
@@ -12,40 +13,21 @@ STORAGE_DRIVERS = ("overlay",)   # fuse and vfs arrive with the storage-drivers 
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """Resolved settings of one engine instance."""
+
     root: Path
     runroot: Path
     storage_driver: str
     rootless: bool
 
 
-def _default_runroot(uid: int) -> Path:
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
-        return Path(xdg) / "pinnace"
-    # No logind session (cron, su, CI): a private directory in /tmp, like Podman's fallback.
-    return Path(f"/tmp/pinnace-run-{uid}")
-
-
 def resolve_config(root: str | None = None, runroot: str | None = None,
                    storage_driver: str | None = None) -> EngineConfig:
-    uid = os.geteuid()
-    rootless = uid != 0
-    root = root or os.environ.get("PINNACE_ROOT")
-    runroot = runroot or os.environ.get("PINNACE_RUNROOT")
-    if not root:
-        if rootless:
-            # The XDG rule platformdirs applies on Linux, inline: importing platformdirs costs ~10 ms,
-            # which `pinnace images` cannot afford (see config_dir for where platformdirs is used).
-            data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-            root = str(Path(data) / "pinnace")
-        else:
-            root = "/var/lib/pinnace"
-    if not runroot:
-        runroot = str(_default_runroot(uid)) if rootless else "/run/pinnace"
+    root, runroot = store_paths(root, runroot)
     driver = storage_driver or os.environ.get("PINNACE_STORAGE_DRIVER") or "overlay"
     if driver not in STORAGE_DRIVERS:
         raise InvalidArgument(f"unknown storage driver {driver!r} (available: {', '.join(STORAGE_DRIVERS)})")
-    return EngineConfig(Path(root).absolute(), Path(runroot).absolute(), driver, rootless)
+    return EngineConfig(Path(root), Path(runroot), driver, os.geteuid() != 0)
 
 
 def config_dir() -> Path:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from collections.abc import Callable
 
+from pinnace.engine.image_list import ImageSummary  # noqa: F401 - part of the contract, kept light there
+
 
 class ProgressKind(StrEnum):
     RESOLVED = "resolved"        # manifest resolved; message = canonical reference, total = layer count
@@ -65,22 +67,6 @@ class ImageListOptions:
 
     all: bool = False
     filters: tuple[str, ...] = ()        # "reference=busybox*", "dangling=true", "label=k=v", "id=…"
-
-
-@dataclass(frozen=True)
-class ImageSummary:
-    """One row of the image list (one per name)."""
-
-    id: str
-    repository: str                      # "<none>" for a dangling image
-    tag: str
-    digest: str                          # manifest digest
-    created: str | None                  # RFC 3339 from the config
-    size: int
-    names: tuple[str, ...]
-    repo_digests: tuple[str, ...]
-    labels: dict[str, str] = field(default_factory=dict)
-    containers: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,10 @@
 """Local image operations: list, inspect, tag, untag, remove, prune, history, garbage collection."""
 from __future__ import annotations
 
-from pinnace.engine.contract import (HistoryEntry, ImageListOptions, ImagePruneOptions, ImageRemoveOptions,
-                                     ImageRemoveReport, ImageSummary)
+from pinnace.engine.contract import HistoryEntry, ImagePruneOptions, ImageRemoveOptions, ImageRemoveReport
 from pinnace.engine.store import Store
 from pinnace.errors import Conflict, ImageNotFound, InvalidArgument, PinnaceError
 from pinnace.storage.images import ImageRecord
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """'docker.io/library/busybox:latest' → ('docker.io/library/busybox', 'latest')."""
-    repo, sep, tag = name.rpartition(":")
-    if not sep or "/" in tag:
-        return name, "<none>"
-    return repo, tag
 
 
 def image_config(store: Store, image_id: str) -> dict:
@@ -24,71 +15,14 @@ def image_config(store: Store, image_id: str) -> dict:
         raise PinnaceError(f"image {image_id}: stored config is not valid JSON (run `pinnace system check --repair`)") from None
 
 
-# -- list ----------------------------------------------------------------------------------------------
-def _familiar(name: str) -> str:
-    for prefix in ("docker.io/library/", "docker.io/"):
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return name
-
-
-def _reference_matches(pattern: str, names: tuple[str, ...]) -> bool:
-    import fnmatch
-    for name in names:
-        repo, _ = split_name(name)
-        for candidate in (name, repo, _familiar(name), _familiar(repo)):
-            if fnmatch.fnmatchcase(candidate, pattern):
-                return True
-    return False
-
-
-def _parse_filters(filters: tuple[str, ...]) -> list[tuple[str, str]]:
-    parsed = []
-    for f in filters:
-        key, sep, value = f.partition("=")
-        if not sep or key not in ("reference", "dangling", "label", "id", "digest"):
-            raise InvalidArgument(f"invalid image filter {f!r} (supported: reference=, dangling=, label=, id=, digest=)")
-        parsed.append((key, value))
-    return parsed
-
-
-def _filter_ok(store: Store, rec: ImageRecord, key: str, value: str, labels: dict) -> bool:
-    if key == "reference":
-        return _reference_matches(value, rec.names)
-    if key == "dangling":
-        want = value.lower() in ("true", "1")
-        return (not rec.names) == want
-    if key == "id":
-        return rec.id.removeprefix("sha256:").startswith(value.removeprefix("sha256:"))
-    if key == "digest":
-        return rec.manifest_digest == value or any(d.endswith("@" + value) for d in rec.digests)
-    k, sep, v = value.partition("=")
-    return k in labels and (not sep or labels[k] == v)
-
-
-def list_images(store: Store, opts: ImageListOptions) -> list[ImageSummary]:
-    if not store.layout.db_path.exists():
-        return []
-    filters = _parse_filters(opts.filters)
-    need_labels = any(k == "label" for k, _ in filters)
-    rows: list[ImageSummary] = []
-    for rec in store.images.list():
-        labels = (image_config(store, rec.id).get("config") or {}).get("Labels") or {} if need_labels else {}
-        if not all(_filter_ok(store, rec, k, v, labels) for k, v in filters):
-            continue
-        containers = len(store.images.users(rec.id))
-        patterns = [v for k, v in filters if k == "reference"]
-        # like Docker, a reference filter also picks which of an image's names are listed
-        names = [n for n in rec.names if all(_reference_matches(p, (n,)) for p in patterns)]
-        if not rec.names and rec.digests:
-            rows.append(ImageSummary(rec.id, rec.digests[0].split("@")[0], "<none>", rec.manifest_digest,
-                                     rec.created, rec.size, rec.names, rec.digests, labels, containers))
-            continue
-        for name in names or ("<none>:<none>",):
-            repo, tag = split_name(name) if names else ("<none>", "<none>")
-            rows.append(ImageSummary(rec.id, repo, tag, rec.manifest_digest, rec.created, rec.size, rec.names,
-                                     rec.digests, labels, containers))
-    return rows
+def _filter_images(store: Store, filters: tuple[str, ...]) -> list:
+    """Image records that pass all filters (the same filter rules as `images`)."""
+    from pinnace.engine.image_list import _matches, image_labels, parse_filters
+    parsed = parse_filters(filters)
+    return [rec for rec in store.images.list()
+            if all(_matches(k, v, rec.id, list(rec.names), rec.manifest_digest, list(rec.digests),
+                            image_labels(str(store.layout.root), rec.id) if k == "label" else {})
+                   for k, v in parsed)]
 
 
 # -- inspect / history ------------------------------------------------------------------------------------
@@ -215,15 +149,9 @@ def remove_images(store: Store, opts: ImageRemoveOptions) -> ImageRemoveReport:
 
 
 def prune_images(store: Store, opts: ImagePruneOptions) -> list[str]:
-    filters = _parse_filters(opts.filters)
     removed = []
-    for rec in store.images.list():
-        if rec.names and not opts.all:
-            continue
-        if store.images.users(rec.id):
-            continue
-        if not all(_filter_ok(store, rec, k, v, (image_config(store, rec.id).get("config") or {}).get("Labels") or {})
-                   for k, v in filters):
+    for rec in _filter_images(store, opts.filters):
+        if (rec.names and not opts.all) or store.images.users(rec.id):
             continue
         store.images.remove_names(rec.id)
         store.images.delete(rec.id)

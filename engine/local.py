@@ -30,8 +30,8 @@ class LocalEngine:
         return pull_image(self.store, opts, progress)
 
     def image_list(self, opts: ImageListOptions) -> list[ImageSummary]:
-        from pinnace.engine.images import list_images
-        return list_images(self.store, opts)
+        from pinnace.engine.image_list import list_images
+        return list_images(str(self.config.root), opts.filters)
 
     def image_inspect(self, name: str) -> dict:
         from pinnace.engine.images import inspect_image

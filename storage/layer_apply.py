@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -50,34 +51,57 @@ def split_path(name: str, what: str = "layer entry") -> list[str]:
 
 
 class _Tree:
-    """Directory fds below the root, opened component by component without following symlinks."""
+    """Directory fds below the root, opened component by component without following symlinks, kept in a
+    small LRU cache (layers list entries in tree order, so the parent of the next entry is nearly always
+    cached)."""
 
     def __init__(self, root: Path):
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._fds: dict[str, int] = {"": self.root_fd}
+        self._fds: OrderedDict[str, int] = OrderedDict()  # "a/b" -> fd; the root is not in here
         self.implicit: list[str] = []  # parents created because the layer lacks their entry
 
-    def dir_fd(self, parts: list[str], depth: int, entry: str, create: bool = True) -> int:
-        key = "/".join(parts[:depth])
+    def _cached(self, key: str) -> int | None:
         fd = self._fds.get(key)
         if fd is not None:
+            self._fds.move_to_end(key)
+        return fd
+
+    def dir_fd(self, parts: list[str], depth: int, entry: str, create: bool = True) -> int:
+        """fd of the directory parts[:depth]; missing parents are created (0700 until `finish`) unless
+        `create` is false (FileNotFoundError then). Iterative: hostile layers can nest very deep."""
+        if depth == 0:
+            return self.root_fd
+        full = "/".join(parts[:depth])
+        fd = self._cached(full)
+        if fd is not None:
             return fd
-        parent = self.dir_fd(parts, depth - 1, entry, create)
-        name = parts[depth - 1]
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
+        ends, n = [], -1  # ends[i]: length of the key of parts[:i + 1]
+        for part in parts[:depth]:
+            n += len(part) + 1
+            ends.append(n)
+        start, fd = depth - 1, self.root_fd  # deepest cached ancestor
+        while start > 0:
+            got = self._cached(full[:ends[start - 1]])
+            if got is not None:
+                fd = got
+                break
+            start -= 1
+        for i in range(start, depth):
+            name = parts[i]
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(name, 0o700, dir_fd=fd)
+                self.implicit.append(full[:ends[i]])
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise LayerError(f"layer entry {entry!r}: its parent {full[:ends[i]]!r} is a symlink or "
+                                     "not a directory") from None
                 raise
-            os.mkdir(name, 0o700, dir_fd=parent)
-            self.implicit.append(key)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise LayerError(f"layer entry {entry!r}: its parent {key!r} is a symlink or not a "
-                                 "directory") from None
-            raise
-        self._fds[key] = fd
+            self._fds[full[:ends[i]]] = fd = child
         return fd
 
     def forget(self, key: str) -> None:
@@ -88,18 +112,13 @@ class _Tree:
 
     def trim(self) -> None:
         # only between entries: no caller holds a cached fd then
-        if len(self._fds) > _MAX_CACHED_DIRS:
-            self.forget_all()
-            self._fds[""] = self.root_fd
-
-    def forget_all(self) -> None:
-        for k, fd in list(self._fds.items()):
-            if k:
-                os.close(fd)
-        self._fds.clear()
+        while len(self._fds) > _MAX_CACHED_DIRS:
+            os.close(self._fds.popitem(last=False)[1])
 
     def close(self) -> None:
-        self.forget_all()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         os.close(self.root_fd)
 
 
@@ -287,8 +306,8 @@ class _Applier:
     def finish(self) -> None:
         for key in self.tree.implicit:
             self.dirmeta.setdefault(key, (0o755, None))
-        # deepest first: a parent's restrictive mode must not block fixing its children
-        for key in sorted(self.dirmeta, key=lambda k: -k.count("/") if k else 1):
+        # children before parents (a parent's final mode may forbid reaching them), siblings together
+        for key in sorted(self.dirmeta, key=lambda k: k.split("/") if k else [], reverse=True):
             mode, mtime = self.dirmeta[key]
             self.tree.trim()
             parts = key.split("/") if key else []

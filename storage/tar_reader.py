@@ -284,6 +284,8 @@ def entries(src: Source) -> Iterator[Entry]:
             pax = list(global_pax.items()) + pax
         if pax:
             _apply_pax(e, pax, src)
+        if e.size < 0 or e.uid < 0 or e.gid < 0 or e.realsize < 0:
+            raise LayerError(f"layer entry {e.name!r} has a negative size or id")
         if typ != REGULAR:
             e.realsize = 0
         yield e

@@ -8,8 +8,10 @@ import hashlib
 import io
 import json
 import os
+import resource
 import stat
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -249,6 +251,22 @@ def test_stream_is_read_to_the_end(area: Area):
     assert hashing.digest() == "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def test_deep_nesting(area: Area):
+    # deeper than Python's recursion limit, with every parent implicit (fixed up at the end)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    try:
+        deep = "/".join(["d"] * 1500)
+        t0 = time.monotonic()
+        report = apply_bytes(tb.build(tb.file(deep + "/f", b"x"), tb.file(deep[:-2] + "/g", b"y")), area.dest)
+        assert time.monotonic() - t0 < 10
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert report.files == 2
+    assert (area.dest / deep / "f").read_bytes() == b"x"
+    assert stat.S_IMODE(os.lstat(area.dest / deep).st_mode) == 0o755
+
+
 # -------------------------------------------------------------------------------------------- hostile layers
 
 def test_dotdot_escape_is_refused(area: Area):
@@ -339,6 +357,10 @@ def test_malformed_streams(area: Area):
         apply_bytes(tb.build(tb.file("d/.wh..", b"")), area.dest)
     with pytest.raises(LayerError, match="names the layer root"):
         apply_bytes(tb.build(tb.file("./", b"")), area.dest)
+    info, _ = tb.file("neg")
+    info.pax_headers["uid"] = "-1"
+    with pytest.raises(LayerError, match="negative"):
+        apply_bytes(tb.build((info, b"")), area.dest)
     info, _ = tb.file("x")
     info.type = b"V"  # volume label: nothing a layer may contain
     with pytest.raises(LayerError, match="unsupported tar entry type"):
