@@ -45,13 +45,15 @@ class Tool:
     name: str
     argv: list[str]                      # command prefix, including store options
     env: dict[str, str]
+    bare: list[str] = field(default_factory=list)  # the command alone: `--version` as users type it
     samples: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
-    def run(self, *args: str, timeout: float = 900) -> float:
+    def run(self, *args: str, timeout: float = 900, bare: bool = False) -> float:
         """Run one command, return its wall-clock seconds; raise CommandFailed on non-zero exit."""
+        prefix = self.bare if bare and self.bare else self.argv
         t0 = time.perf_counter()
-        proc = subprocess.run([*self.argv, *args], capture_output=True, text=True, env=self.env,
+        proc = subprocess.run([*prefix, *args], capture_output=True, text=True, env=self.env,
                               timeout=timeout, stdin=subprocess.DEVNULL)
         elapsed = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -59,8 +61,9 @@ class Tool:
                                 f"{(proc.stderr or proc.stdout).strip()[-500:]}")
         return elapsed
 
-    def output(self, *args: str) -> str:
-        proc = subprocess.run([*self.argv, *args], capture_output=True, text=True, env=self.env,
+    def output(self, *args: str, bare: bool = False) -> str:
+        prefix = self.bare if bare and self.bare else self.argv
+        proc = subprocess.run([*prefix, *args], capture_output=True, text=True, env=self.env,
                               timeout=120, stdin=subprocess.DEVNULL)
         return proc.stdout.strip() if proc.returncode == 0 else f"(exit {proc.returncode})"
 
@@ -78,26 +81,26 @@ def pinnace_tool(cmd: list[str], workdir: Path) -> Tool:
     root, runroot = workdir / "root", workdir / "run"
     root.mkdir(parents=True, exist_ok=True)
     runroot.mkdir(parents=True, exist_ok=True)
-    return Tool("pinnace", [*cmd, "--root", str(root), "--runroot", str(runroot)], dict(os.environ))
+    return Tool("pinnace", [*cmd, "--root", str(root), "--runroot", str(runroot)], dict(os.environ), list(cmd))
 
 
 def podman_tool(cmd: list[str]) -> Tool:
     # the user's normal storage and configuration (bench/run writes containers.conf, storage.conf,
     # registries.conf); only a stray CONTAINERS_* override could point it elsewhere
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERS_")}
-    return Tool("podman", list(cmd), env)
+    return Tool("podman", list(cmd), env, list(cmd))
 
 
 def measure(tools: list[Tool], reps: int, image: str, small: str, pull_opts: list[str], log) -> None:
     """Run every operation `reps` times per tool, interleaving the tools (and alternating which goes
     first) so that load from elsewhere on the machine hits both alike."""
-    def sample(tool: Tool, op: str, *args: str, before=None) -> float | None:
+    def sample(tool: Tool, op: str, *args: str, before=None, bare: bool = False) -> float | None:
         if op in tool.errors:
             return None
         try:
             if before:
                 before()
-            elapsed = tool.run(*args)
+            elapsed = tool.run(*args, bare=bare)
         except (CommandFailed, subprocess.TimeoutExpired) as exc:
             tool.errors[op] = str(exc)
             log(f"  {tool.name}: {op} failed: {exc}")
@@ -105,17 +108,17 @@ def measure(tools: list[Tool], reps: int, image: str, small: str, pull_opts: lis
         tool.samples.setdefault(op, []).append(elapsed)
         return elapsed
 
-    def each_rep(label: str, op: str, *args: str, reset: bool = False) -> None:
+    def each_rep(label: str, op: str, *args: str, reset: bool = False, bare: bool = False) -> None:
         log(f"{label} ×{reps}")
         for i in range(reps):
             order = tools if i % 2 == 0 else tools[::-1]
             times = []
             for tool in order:
-                t = sample(tool, op, *args, before=tool.reset if reset else None)
+                t = sample(tool, op, *args, before=tool.reset if reset else None, bare=bare)
                 times.append(f"{tool.name} {t:.3f} s" if t is not None else f"{tool.name} failed")
             log(f"  run {i + 1}: " + ", ".join(times))
 
-    each_rep("--version", "version", "--version")
+    each_rep("--version", "version", "--version", bare=True)
     each_rep(f"cold pull of {image} (store reset before each)", "pull_cold", "pull", "-q", *pull_opts, image,
              reset=True)
     for tool in tools:  # the warm runs need the image, however the cold ones went
@@ -146,8 +149,8 @@ def machine_facts(podman: Tool | None, pinnace: Tool | None) -> dict:
         "os": first_line("/etc/os-release", "PRETTY_NAME").split("=", 1)[-1].strip('"'),
         "python": platform.python_version(),
         "user": f"{os.getuid()}",
-        "podman": podman.output("--version") if podman else None,
-        "pinnace": pinnace.output("--version") if pinnace else None,
+        "podman": podman.output("--version", bare=True) if podman else None,
+        "pinnace": pinnace.output("--version", bare=True) if pinnace else None,
     }
 
 

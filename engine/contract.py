@@ -5,7 +5,7 @@ through a callback, never to a terminal. Keep this module import-light: the fast
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from collections.abc import Callable
 

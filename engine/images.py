@@ -4,7 +4,6 @@ from __future__ import annotations
 from pinnace.engine.contract import HistoryEntry, ImagePruneOptions, ImageRemoveOptions, ImageRemoveReport
 from pinnace.engine.store import Store
 from pinnace.errors import Conflict, ImageNotFound, InvalidArgument, PinnaceError
-from pinnace.storage.images import ImageRecord
 
 
 def image_config(store: Store, image_id: str) -> dict:

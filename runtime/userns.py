@@ -413,7 +413,8 @@ def _write_maps(pid: int, uid: int, gid: int, mappings: IdMappings | None, user:
         return
     import subprocess  # only when a holder starts: keeps joining cheap
 
-    for tool, ranges, file in (("newuidmap", mappings.uids, "/etc/subuid"), ("newgidmap", mappings.gids, "/etc/subgid")):
+    for tool, ranges, file in (("newuidmap", mappings.uids, "/etc/subuid"),
+                               ("newgidmap", mappings.gids, "/etc/subgid")):
         args = [str(v) for r in ranges for v in (r.container_id, r.host_id, r.size)]
         try:
             res = subprocess.run([_find_program(tool) or tool, str(pid), *args], env=host_program_env(),

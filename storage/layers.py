@@ -49,7 +49,12 @@ def remove_tree(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
     elif path.exists():
-        shutil.rmtree(path, onerror=onerror)
+        try:
+            shutil.rmtree(path, onerror=onerror)
+        except RecursionError:
+            # a hostile layer can nest deeper than Python's recursion limit; rm(1) walks iteratively
+            import subprocess
+            subprocess.run(["rm", "-rf", "--", str(path)], check=False)
 
 
 class LayerStore:
