@@ -48,8 +48,11 @@ def test_concurrent_joiners_start_exactly_one_holder(ns: NsArea):
     assert len({r["userns"] for r in results}) == 1 and len({r["mntns"] for r in results}) == 1
     assert os.readlink(f"/proc/{holder}/ns/user") == results[0]["userns"]
     assert os.readlink(f"/proc/{holder}/ns/user") != os.readlink("/proc/self/ns/user")
-    with open(f"/proc/{holder}/comm") as f:
-        assert f.read().strip() == "pinnace-holder"
+    with open(f"/proc/{holder}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0] == b"pinnace-holder"  # an exec'd sleep(1): ~1 MB instead of the CLI's heap
+    with open(f"/proc/{holder}/status") as f:
+        rss_kb = int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+    assert rss_kb < 4096
     # the holder is a daemon: its own session, no stdio pipes of the CLI that started it
     assert os.getsid(holder) != os.getsid(0)
     for fd in (0, 1, 2):
@@ -213,7 +216,6 @@ def test_capture_output_returns_when_the_cli_exits(ns: NsArea):
     # of the pipes is gone, so the holder must not have kept them
     t0 = time.monotonic()
     ns.run("userns.ensure_joined(RUNROOT)", timeout=20)
-    assert time.monotonic() - t0 < 20
     assert alive(ns.holder_pid())
 
 
