@@ -55,7 +55,12 @@ def inspect_image(store: Store, text: str) -> dict:
         "RootFS": {"Type": "layers", "Layers": [l.diff_id for l in rec.layers]},
         "GraphDriver": {"Name": store.config.storage_driver,
                         "Data": {"LowerDir": ":".join(str(store.layout.layer_path(l.diff_id))
-                                                      for l in reversed(rec.layers))}},
+                                                      for l in reversed(rec.layers)),
+                                 # files whose owner could not be kept (no subuid range): pinnace's own field
+                                 "LostOwners": sum(lr.lost_owners for lr in (store.layers.get(l.diff_id)
+                                                                             for l in rec.layers) if lr),
+                                 "SkippedDevices": sum(lr.skipped_devices for lr in (store.layers.get(l.diff_id)
+                                                                                     for l in rec.layers) if lr)}},
         "Containers": store.images.users(rec.id),
     }
 

@@ -97,10 +97,9 @@ def ingest_layer(store: Store, *, diff_id: str, blob_digest: str, compression: s
                     if report.skipped_devices:
                         log.warning("layer %s: skipped %d device node(s) that an unprivileged user cannot create: %s",
                                     diff_id[:19], len(report.skipped_devices), ", ".join(report.skipped_devices[:5]))
-                    if report.lost_owners:
-                        log.warning("layer %s: %d file(s) owned by ids outside this user's mapping now belong to "
-                                    "root (add a range to /etc/subuid and /etc/subgid)", diff_id[:19],
-                                    report.lost_owners)
+                    if report.lost_owners:  # recorded in the layer row; the user was warned once per store
+                        log.info("layer %s: %d file(s) owned by unmapped ids now belong to root", diff_id[:19],
+                                 report.lost_owners)
                     return LayerFill(size=tar.bytes_read, files=report.files, lost_owners=report.lost_owners,
                                      skipped_devices=len(report.skipped_devices))
 

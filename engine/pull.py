@@ -34,9 +34,10 @@ def pull_image(store: Store, opts: ImagePullOptions, progress: ProgressCallback 
     platform = Platform.parse(opts.platform) if opts.platform else host_platform()
     store.open_for_write()  # joins the user namespace: must happen before the download threads start
     clean_dead_temps(store)  # what a killed pull left behind
-    if store.single_mapping:
+    if store.single_mapping and store.first_single_mapping_warning():
         progress(ProgressEvent(ProgressKind.WARNING, message="no subordinate id range for this user in "
-                 "/etc/subuid: files not owned by root in the image will be owned by root"))
+                 "/etc/subuid and /etc/subgid: files that images give to other users will belong to root "
+                 "(`pinnace image inspect` counts them as LostOwners; shown once per store)"))
     client = make_client(ref, opts.tls_verify, opts.credentials)
 
     fetched = client.get_manifest(ref.repository, ref.digest or ref.tag)

@@ -32,6 +32,15 @@ class Store:
         self.single_mapping = info.single_mapping
         self._joined = True
 
+    def first_single_mapping_warning(self) -> bool:
+        """True once per store: the single-uid fallback is worth one warning, not one per command."""
+        marker = self.layout.root / ".single-mapping-warned"
+        if marker.exists():
+            return False
+        self.layout.create_dirs()
+        marker.touch()
+        return True
+
     @property
     def overlay_xattr_prefix(self) -> str:
         # Rootless overlay mounts use `userxattr`, which reads user.overlay.*; real root uses trusted.*.

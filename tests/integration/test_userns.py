@@ -214,7 +214,6 @@ def test_unshare_runs_a_command_inside(ns: NsArea):
 def test_capture_output_returns_when_the_cli_exits(ns: NsArea):
     # the first joiner starts the holder; with captured output, run() returns only once every writer
     # of the pipes is gone, so the holder must not have kept them
-    t0 = time.monotonic()
     ns.run("userns.ensure_joined(RUNROOT)", timeout=20)
     assert alive(ns.holder_pid())
 

@@ -82,3 +82,18 @@ def test_system_df_check_reset(pinnace, fixtures_info):
     pinnace("system", "reset", "--force")
     assert pinnace("images", "-q").out == ""
     assert not (pinnace.root / "layers").exists()
+
+
+def test_rmi_refuses_an_image_a_container_uses(pinnace, fixtures_info):
+    import sqlite3
+    iid = pinnace("pull", "-q", BUSYBOX).out.strip()
+    # Containers arrive with the container engine; until then the row it will write is inserted directly
+    # (the same table and columns the engine's state database defines).
+    with sqlite3.connect(pinnace.root / "state.db") as db:
+        db.execute("INSERT INTO containers (id, name, image_id) VALUES ('c1', 'web', ?)", ("sha256:" + iid,))
+    res = pinnace("rmi", BUSYBOX, check=False)
+    assert res.rc == 2 and "in use by container(s) web" in res.err
+    assert pinnace("images", "--format", "{{.Containers}}").out == "1\n"
+    assert pinnace("image", "prune", "-a", "-f").out == ""  # in use: not pruned
+    res = pinnace("rmi", "-f", BUSYBOX)
+    assert f"Deleted: {iid}" in res.out

@@ -139,3 +139,20 @@ def test_info_reports_rootless_setup(pinnace):
         assert info["host"]["idMappings"]["uidmap"][1]["host_id"] == _subuid_start()
     assert pinnace("info", "--format", "{{.store.graphDriverName}}").out == "overlay\n"
     assert "kernel" in pinnace("info").out
+
+
+def test_single_uid_fallback_warns_once_and_records_lost_owners(pinnace, fixtures_info):
+    if os.getuid() == 0:
+        pytest.fail("rootless test run as root")
+    env = {"PINNACE_IGNORE_SUBUID": "1"}  # as if /etc/subuid had no range for this user
+    res = pinnace("pull", f"{REGISTRY}/fixtures/busybox-layers", env=env)
+    assert res.err.count("WARNING") == 1 and "/etc/subuid" in res.err
+    data = pinnace("image", "inspect", f"{REGISTRY}/fixtures/busybox-layers", env=env).json()[0]
+    # /home/app, /home/app/hello.txt (layer 1) and /data/owned-by-app.txt (layer 2) belonged to uid 1000
+    assert data["GraphDriver"]["Data"]["LostOwners"] == 3
+    res = pinnace("pull", f"{REGISTRY}/fixtures/busybox", env=env)
+    assert "WARNING" not in res.err  # once per store
+    mnt = pinnace("image", "mount", f"{REGISTRY}/fixtures/busybox-layers", env=env).out.strip()
+    assert pinnace("unshare", "stat", "-c", "%u:%g", f"{mnt}/data/owned-by-app.txt", env=env).out.strip() == "0:0"
+    mappings = pinnace("unshare", "cat", "/proc/self/uid_map", env=env).out.split()
+    assert mappings == ["0", str(os.getuid()), "1"]
