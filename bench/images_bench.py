@@ -5,8 +5,8 @@
 Run it as the (unprivileged) user whose rootless performance matters; bench/run sets that up.
 Operations: `--version`, cold pull of the debian fixture (store emptied before every run), warm
 pull (image already present), and `images` with the debian and busybox images present. Every tool
-gets an isolated store: pinnace a temporary --root/--runroot, Podman the user's own storage, which
-is reset (`podman system reset -f`) before and after. Nothing is asserted: this prints numbers and
+gets an isolated store, side by side in one temporary directory (`--root/--runroot` for both; Podman
+keeps the user's configuration), reset (`system reset -f`) before every cold pull and at the end. Nothing is asserted: this prints numbers and
 the ratio pinnace/podman (< 1 means pinnace is faster).
 """
 from __future__ import annotations
@@ -24,6 +24,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+SETTLE_SECONDS = 31  # see Tool.reset_and_settle
 
 OPS = ("version", "pull_cold", "pull_warm", "images")
 LABELS = {
@@ -72,23 +74,32 @@ class Tool:
         # flush the deleted store's writeback now, not during the next timed command
         os.sync()
 
+    def reset_and_settle(self) -> None:
+        """Reset, then wait out ext4's inode reuse delay. ext4 will not reuse an inode freed in the last
+        30 s and scans past each one (fs/ext4/ialloc.c, recently_deleted()): right after a store of 7,000
+        files is deleted, creating a file costs ~1 ms instead of ~40 us, for whichever tool runs next."""
+        self.reset()
+        time.sleep(SETTLE_SECONDS)
+
     def median(self, op: str) -> float | None:
         s = self.samples.get(op)
         return statistics.median(s) if s else None
 
 
 def pinnace_tool(cmd: list[str], workdir: Path) -> Tool:
-    root, runroot = workdir / "root", workdir / "run"
+    root, runroot = workdir / "pinnace-root", workdir / "pinnace-run"
     root.mkdir(parents=True, exist_ok=True)
     runroot.mkdir(parents=True, exist_ok=True)
     return Tool("pinnace", [*cmd, "--root", str(root), "--runroot", str(runroot)], dict(os.environ), list(cmd))
 
 
-def podman_tool(cmd: list[str]) -> Tool:
-    # the user's normal storage and configuration (bench/run writes containers.conf, storage.conf,
-    # registries.conf); only a stray CONTAINERS_* override could point it elsewhere
+def podman_tool(cmd: list[str], workdir: Path) -> Tool:
+    # the user's configuration (bench/run writes containers.conf, storage.conf, registries.conf), but the
+    # store beside pinnace's in the same directory: on this VM's ext4, inode creation costs 50 us in one
+    # directory and 1 ms in another (e.g. the home directory), so both stores must live side by side
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERS_")}
-    return Tool("podman", list(cmd), env, list(cmd))
+    return Tool("podman", [*cmd, "--root", str(workdir / "podman-root"), "--runroot", str(workdir / "podman-run")],
+                env, list(cmd))
 
 
 def measure(tools: list[Tool], reps: int, image: str, small: str, pull_opts: list[str], log) -> None:
@@ -114,7 +125,7 @@ def measure(tools: list[Tool], reps: int, image: str, small: str, pull_opts: lis
             order = tools if i % 2 == 0 else tools[::-1]
             times = []
             for tool in order:
-                t = sample(tool, op, *args, before=tool.reset if reset else None, bare=bare)
+                t = sample(tool, op, *args, before=tool.reset_and_settle if reset else None, bare=bare)
                 times.append(f"{tool.name} {t:.3f} s" if t is not None else f"{tool.name} failed")
             log(f"  run {i + 1}: " + ", ".join(times))
 
@@ -226,16 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     pull_opts = ["--tls-verify=false"]  # plain-HTTP fixture registry, same flag for both engines
 
     tools: list[Tool] = []
-    workdir = None
+    workdir = Path(tempfile.mkdtemp(prefix="pinnace-bench-", dir=args.workdir))
     if args.only != "podman":
         if not shutil.which(args.pinnace):
             ap.error(f"pinnace command not found: {args.pinnace}")
-        workdir = Path(tempfile.mkdtemp(prefix="pinnace-bench-", dir=args.workdir))
         tools.append(pinnace_tool(args.pinnace.split(), workdir))
     if args.only != "pinnace":
         if not shutil.which(args.podman):
             ap.error(f"podman not found: {args.podman} (bench/run installs it)")
-        tools.append(podman_tool(args.podman.split()))
+        tools.append(podman_tool(args.podman.split(), workdir))
 
     by = {t.name: t for t in tools}
     facts = machine_facts(by.get("podman"), by.get("pinnace"))
@@ -249,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                 by["podman"].reset()
             except (CommandFailed, subprocess.TimeoutExpired) as exc:
                 log(f"podman: system reset failed: {exc}")
-        if workdir is not None:
+        if "pinnace" in by:
             cleanup_pinnace(by["pinnace"], workdir, log)
+        shutil.rmtree(workdir, ignore_errors=True)
 
     data = report(tools, args.reps, facts)
     print_table(data)

@@ -17,6 +17,7 @@ from pinnace.storage.blobs import BlobWriter
 from pinnace.storage.compression import HashingReader, open_decompressed
 from pinnace.storage.layer_apply import apply_layer
 from pinnace.storage.layers import LayerFill, LayerRecord
+from pinnace.storage.readahead import ReadAhead
 
 CHUNK = 1 << 20
 log = logging.getLogger("pinnace")
@@ -52,11 +53,6 @@ class TeeReader:
             pass
 
 
-def _drain(stream: BinaryIO) -> None:
-    while stream.read(CHUNK):
-        pass
-
-
 @dataclass(frozen=True)
 class IngestResult:
     layer: LayerRecord
@@ -86,9 +82,12 @@ def ingest_layer(store: Store, *, diff_id: str, blob_digest: str, compression: s
 
                 def fill(dest) -> LayerFill:  # noqa: ANN001 - Path
                     tar = HashingReader(open_decompressed(tee, compression))
-                    report = apply_layer(tar, dest, xattr_prefix=store.overlay_xattr_prefix)
-                    _drain(tar)   # tar padding after the end-of-archive blocks is part of the diff-id
-                    tee.drain()   # the rest of the compressed stream: the blob digest check happens at EOF
+                    # download, blob write, decompression and both hashes run in a second thread; this one
+                    # creates the files. At the end of the tar, the producer also drains the compressed
+                    # stream, where the blob digest is checked.
+                    with ReadAhead(tar, after_eof=tee.drain) as ahead:
+                        report = apply_layer(ahead, dest, xattr_prefix=store.overlay_xattr_prefix)
+                        ahead.finish()  # padding after the end-of-archive blocks is part of the diff-id
                     if tar.digest() != diff_id:
                         raise DigestMismatch(f"layer {blob_digest}: uncompressed content hashes to {tar.digest()}, "
                                              f"the image config says {diff_id}")

@@ -116,9 +116,6 @@ class LocalEngine:
 
     def unshare(self, argv: list[str]) -> None:
         """Replace this process with argv inside the user and mount namespace (never returns)."""
-        import os
         from pinnace.runtime.userns import exec_in_namespace
-        if not self.config.rootless:
-            os.execvp(argv[0], argv)
         self.store.layout.runroot.mkdir(parents=True, exist_ok=True)
-        exec_in_namespace(self.store.layout.runroot, argv, dict(os.environ))
+        exec_in_namespace(self.store.layout.runroot, argv)  # as root: no namespace to join, plain exec

@@ -176,7 +176,9 @@ def _is_our_holder(pid: int, start: int) -> bool:
         if comm == HOLDER_NAME:
             return True
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return comm == "sleep" and f.read().split(b"\0", 1)[0] == HOLDER_NAME.encode()
+            argv0 = f.read().split(b"\0", 1)[0]
+        # b"": caught inside its execve of sleep, after the name changed but before the new argv is set up
+        return comm == "sleep" and argv0 in (HOLDER_NAME.encode(), b"")
     except OSError:
         return False
 
@@ -273,7 +275,7 @@ def exec_in_namespace(runroot: Path, argv: list[str] | None = None, env: dict[st
     import shutil
 
     argv = list(argv or [os.environ.get("SHELL") or "/bin/sh"])
-    env = dict(os.environ if env is None else env)
+    env = host_program_env(os.environ if env is None else env)
     # resolved here rather than by execvpe, which reports an unreadable PATH entry instead of "not found"
     program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
     if program is None or not os.path.exists(program):
@@ -316,16 +318,20 @@ def stop_holder(runroot: Path, timeout: float = 5.0) -> bool:
 
 # ---------------------------------------------------------------------------------------------- starting
 
-def host_program_env() -> dict[str, str]:
-    """Environment for host helpers (newuidmap …): a PyInstaller executable points LD_LIBRARY_PATH at
-    its bundled libraries and keeps the user's value in LD_LIBRARY_PATH_ORIG."""
-    env = dict(os.environ)
+def host_program_env(base: dict[str, str] | os._Environ | None = None) -> dict[str, str]:
+    """The environment for a host program we start (newuidmap, sleep, the user's command in `unshare`).
+
+    A PyInstaller build points LD_LIBRARY_PATH at its private bundle (keeping the user's value in
+    LD_LIBRARY_PATH_ORIG) and sets _PYI_*/_MEIPASS2 for its own children: host programs must see none of it."""
+    env = dict(os.environ if base is None else base)
     if getattr(sys, "frozen", False):
         orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
         if orig is not None:
             env["LD_LIBRARY_PATH"] = orig
         else:
             env.pop("LD_LIBRARY_PATH", None)
+        for key in [k for k in env if k.startswith(("_PYI_", "_MEI"))]:
+            del env[key]
     return env
 
 
