@@ -50,6 +50,7 @@ class Tool:
     bare: list[str] = field(default_factory=list)  # the command alone: `--version` as users type it
     samples: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    settle: float = SETTLE_SECONDS
 
     def run(self, *args: str, timeout: float = 900, bare: bool = False) -> float:
         """Run one command, return its wall-clock seconds; raise CommandFailed on non-zero exit."""
@@ -79,7 +80,7 @@ class Tool:
         30 s and scans past each one (fs/ext4/ialloc.c, recently_deleted()): right after a store of 7,000
         files is deleted, creating a file costs ~1 ms instead of ~40 us, for whichever tool runs next."""
         self.reset()
-        time.sleep(SETTLE_SECONDS)
+        time.sleep(self.settle)
 
     def median(self, op: str) -> float | None:
         s = self.samples.get(op)
@@ -165,7 +166,7 @@ def machine_facts(podman: Tool | None, pinnace: Tool | None) -> dict:
     }
 
 
-def report(tools: list[Tool], reps: int, facts: dict) -> dict:
+def report(tools: list[Tool], reps: int, facts: dict, label: str = "") -> dict:
     by = {t.name: t for t in tools}
     results = {}
     for op in OPS:
@@ -177,12 +178,14 @@ def report(tools: list[Tool], reps: int, facts: dict) -> dict:
         ma, mb = (a.median(op) if a else None), (b.median(op) if b else None)
         entry["ratio_pinnace_podman"] = round(ma / mb, 3) if ma and mb else None
         results[op] = entry
-    return {"benchmark": "images", "reps": reps, "machine": facts, "results": results,
+    return {"benchmark": "images", "label": label, "reps": reps, "machine": facts, "results": results,
             "setup_errors": {t.name: {k: v for k, v in t.errors.items() if k not in OPS} for t in tools}}
 
 
 def print_table(data: dict) -> None:
     m = data["machine"]
+    if data.get("label"):
+        print(f"\n== {data['label']}")
     print(f"\nmachine: {m['nproc']} cpus ({m['cpu']}), {m['mem_gib']} GiB, kernel {m['kernel']}, {m['os']}")
     print(f"podman: {m['podman']}   pinnace: {m['pinnace']}   reps: {data['reps']} (medians, seconds)\n")
 
@@ -224,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pinnace", default=str(here), help=f"pinnace command (default {here})")
     ap.add_argument("--podman", default="podman")
     ap.add_argument("--registry", default=os.environ.get("PINNACE_TEST_REGISTRY", "127.0.0.1:5000"))
-    ap.add_argument("--workdir", type=Path, help="where pinnace's temporary store goes (default: $TMPDIR)")
+    ap.add_argument("--workdir", type=Path, help="where the temporary stores go (default: $TMPDIR)")
+    ap.add_argument("--settle", type=float, default=SETTLE_SECONDS,
+                    help=f"seconds to wait after each reset before a cold pull (default {SETTLE_SECONDS})")
+    ap.add_argument("--label", default="", help="a line printed above the table (where the stores are)")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error("--reps must be >= 1")
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     pull_opts = ["--tls-verify=false"]  # plain-HTTP fixture registry, same flag for both engines
 
     tools: list[Tool] = []
-    workdir = Path(tempfile.mkdtemp(prefix="pinnace-bench-", dir=args.workdir))
+    workdir = Path(tempfile.mkdtemp(prefix="pb-", dir=args.workdir))  # short: podman wants runroot < 50 chars
     if args.only != "podman":
         if not shutil.which(args.pinnace):
             ap.error(f"pinnace command not found: {args.pinnace}")
@@ -247,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"podman not found: {args.podman} (bench/run installs it)")
         tools.append(podman_tool(args.podman.split(), workdir))
 
+    for t in tools:
+        t.settle = args.settle
     by = {t.name: t for t in tools}
     facts = machine_facts(by.get("podman"), by.get("pinnace"))
     t0 = time.perf_counter()
@@ -263,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanup_pinnace(by["pinnace"], workdir, log)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    data = report(tools, args.reps, facts)
+    data = report(tools, args.reps, facts, args.label)
     print_table(data)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2) + "\n")

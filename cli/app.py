@@ -62,9 +62,15 @@ def _register() -> None:
     system_cmds.register(app, system_app)
 
 
+# Boolean flags that Podman also accepts with a value (`--tls-verify=false`): typer takes them as strings,
+# so the bare form is spelled out here.
+_VALUED_BOOLS = ("--tls-verify",)
+
+
 def run(argv: list[str]) -> int:
     from pinnace.cli.errors import fail, run_guarded
     _register()
+    argv = [f"{a}=true" if a in _VALUED_BOOLS else a for a in argv]
 
     def invoke() -> int:
         try:
