@@ -6,6 +6,7 @@ WAL lets readers (`images`, `ps`) run while a writer commits; every write is one
 from __future__ import annotations
 
 import sqlite3
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Iterator
@@ -68,6 +69,9 @@ CREATE INDEX IF NOT EXISTS image_names_image ON image_names(image_id);
 class Database:
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = path
+        # One connection serves every thread of a command (parallel layer downloads record their layers):
+        # a connection is not safe for concurrent use, so each statement and transaction holds this lock.
+        self._lock = threading.RLock()
         try:
             if readonly:
                 self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60,
@@ -96,21 +100,23 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; IMMEDIATE takes the write lock up front, so two writers never deadlock."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"database {self.path} is busy or broken: {exc}") from None
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(f"database {self.path} is busy or broken: {exc}") from None
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         try:
-            return self.conn.execute(sql, params).fetchall()
+            with self._lock:
+                return self.conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StorageError(f"database {self.path}: {exc}") from None
 
