@@ -8,6 +8,8 @@ import tarfile
 import pytest
 from testenv import FIXTURES_DIR, REGISTRY
 
+pytestmark = pytest.mark.anyuser  # rootless as the test user, and again as root
+
 LAYERS = f"{REGISTRY}/fixtures/busybox-layers:latest"
 
 

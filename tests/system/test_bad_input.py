@@ -10,6 +10,8 @@ import pytest
 from fakeregistry import FakeRegistry
 from testenv import FIXTURES_DIR
 
+pytestmark = pytest.mark.anyuser  # rootless as the test user, and again as root
+
 
 def _assert_clean_failure(pinnace, res, *needles: str) -> None:
     assert res.rc == 125, (res.rc, res.err)

@@ -1,6 +1,8 @@
 """gzip, zstd and uncompressed layers in one image, pulled from a registry and saved back out."""
 from __future__ import annotations
 
+import pytest
+
 import gzip
 import hashlib
 import io
@@ -9,6 +11,8 @@ import tarfile
 
 import zstandard
 from fakeregistry import FakeRegistry
+
+pytestmark = pytest.mark.anyuser  # rootless as the test user, and again as root
 
 
 def _digest(data: bytes) -> str:

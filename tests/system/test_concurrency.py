@@ -1,6 +1,8 @@
 """Many CLIs at once on one store, and a pull killed halfway: the store stays consistent."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import socket
@@ -9,6 +11,8 @@ import threading
 import time
 
 from testenv import REGISTRY
+
+pytestmark = pytest.mark.anyuser  # rootless as the test user, and again as root
 
 DEBIAN = f"{REGISTRY}/fixtures/debian:latest"
 
