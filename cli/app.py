@@ -46,13 +46,8 @@ def version_cmd(fmt: str = typer.Option(None, "--format", "-f")) -> None:
     import platform
     from pinnace import __version__
     info = {"Version": __version__, "PythonVersion": platform.python_version(), "OsArch": f"linux/{platform.machine()}"}
-    if fmt == "json":
-        from pinnace.cli.output import print_json
-        print_json(info)
-    elif fmt:
-        from pinnace.cli.template import render_rows
-        sys.stdout.write(render_rows(fmt, [info]))
-    else:
+    from pinnace.cli.output import emit_formatted
+    if not emit_formatted(fmt, info):
         typer.echo(f"Version:      {info['Version']}\nPython:       {info['PythonVersion']}\nOS/Arch:      {info['OsArch']}")
 
 

@@ -133,7 +133,7 @@ def history(ctx: typer.Context, image: str = typer.Argument(..., metavar="IMAGE"
             human: bool = typer.Option(True, "--human/--no-human", "-H"),
             fmt: str = typer.Option(None, "--format")) -> None:
     """Show the history of an image."""
-    from pinnace.cli.output import human_size, print_json, short_id, since, tabulate
+    from pinnace.cli.output import emit_formatted, human_size, short_id, since, tabulate
     entries = engine(ctx).image_history(image)
     ids = [e.id if e.id == "<missing>" else short_id(e.id, no_trunc) for e in entries]
     if quiet:
@@ -141,12 +141,7 @@ def history(ctx: typer.Context, image: str = typer.Argument(..., metavar="IMAGE"
         return
     rows = [{"ID": i, "Created": e.created, "CreatedSince": since(e.created), "CreatedBy": e.created_by,
              "Size": e.size, "Comment": e.comment} for i, e in zip(ids, entries)]
-    if fmt == "json":
-        print_json(rows)
-        return
-    if fmt:
-        from pinnace.cli.template import render_rows
-        sys.stdout.write(render_rows(fmt, rows))
+    if emit_formatted(fmt, rows):
         return
     table = [["ID", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
     for r in rows:

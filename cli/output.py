@@ -99,3 +99,16 @@ def print_json(obj: object) -> None:
 def short_id(image_id: str, no_trunc: bool = False) -> str:
     hexpart = image_id.removeprefix("sha256:")
     return image_id if no_trunc else hexpart[:12]
+
+
+def emit_formatted(fmt: str | None, data: object) -> bool:
+    """Handle `--format json` and `--format TEMPLATE` for a record or a list of records.
+    Returns False when the caller should print its own human form (no format, or `table`)."""
+    if not fmt or fmt == "table":
+        return False
+    if fmt == "json":
+        print_json(data)
+        return True
+    from pinnace.cli.template import render_rows
+    sys.stdout.write(render_rows(fmt, data if isinstance(data, list) else [data]))
+    return True

@@ -12,13 +12,8 @@ from pinnace.cli.state import engine
 def info(ctx: typer.Context, fmt: str = typer.Option(None, "--format", "-f", help="json or a Go template.")) -> None:
     """Show how pinnace is set up on this machine."""
     data = engine(ctx).system_info()
-    if fmt == "json":
-        from pinnace.cli.output import print_json
-        print_json(data)
-        return
-    if fmt:
-        from pinnace.cli.template import render_rows
-        sys.stdout.write(render_rows(fmt, [data]))
+    from pinnace.cli.output import emit_formatted
+    if emit_formatted(fmt, data):
         return
     host, store = data["host"], data["store"]
     lines = [f"version: {data['version']['Version']} (Python {data['version']['PythonVersion']})",
@@ -41,16 +36,11 @@ def info(ctx: typer.Context, fmt: str = typer.Option(None, "--format", "-f", hel
 
 def df(ctx: typer.Context, fmt: str = typer.Option(None, "--format", help="json or a Go template.")) -> None:
     """Show disk usage."""
-    from pinnace.cli.output import human_size, print_json, tabulate
+    from pinnace.cli.output import emit_formatted, human_size, tabulate
     rows = engine(ctx).system_df()
     data = [{"Type": r.type, "Total": r.total, "Active": r.active, "Size": r.size, "Reclaimable": r.reclaimable}
             for r in rows]
-    if fmt == "json":
-        print_json(data)
-        return
-    if fmt:
-        from pinnace.cli.template import render_rows
-        sys.stdout.write(render_rows(fmt, data))
+    if emit_formatted(fmt, data):
         return
     table = [["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]]
     for r in rows:
