@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from pinnace.errors import InvalidArgument
+from pinnace.errors import InvalidArgument, StorageError
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -60,6 +61,12 @@ class StoreLayout:
     def create_dirs(self) -> None:
         for d in (self.root, self.blobs_dir, self.layers_dir, self.locks_dir, self.tmp_dir, self.runroot):
             d.mkdir(parents=True, exist_ok=True)
+        # The runroot may be /tmp/pinnace-run-UID (no XDG_RUNTIME_DIR): refuse one another user made for us.
+        for d in (self.root, self.runroot):
+            st = os.lstat(d)
+            if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+                raise StorageError(f"{d} is not a directory owned by you: refusing to use it (another user may have "
+                                   "created it; use --runroot or set XDG_RUNTIME_DIR)")
         # The store holds files owned by subordinate ids: keep other users out of it.
         for d in (self.root, self.runroot):
             try:
