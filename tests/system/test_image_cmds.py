@@ -97,3 +97,14 @@ def test_rmi_refuses_an_image_a_container_uses(pinnace, fixtures_info):
     assert pinnace("image", "prune", "-a", "-f").out == ""  # in use: not pruned
     res = pinnace("rmi", "-f", BUSYBOX)
     assert f"Deleted: {iid}" in res.out
+
+
+def test_refuses_a_runroot_another_user_owns(pinnace, tmp_path):
+    if os.getuid() == 0:
+        raise AssertionError("rootless test run as root")
+    # e.g. /tmp/pinnace-run-UID made in advance by someone else: /tmp (root's) stands in for it
+    import subprocess
+    from testenv import PINNACE_BIN
+    res = subprocess.run([PINNACE_BIN, "--root", str(pinnace.root), "--runroot", "/tmp", "pull", "-q", BUSYBOX],
+                         capture_output=True, text=True, env=pinnace.env)
+    assert res.returncode == 125 and "not a directory owned by you" in res.stderr
