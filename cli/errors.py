@@ -25,3 +25,10 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
     except OSError as exc:
         # An unexpected filesystem error still gets one line, never a traceback.
         return fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+    except Exception as exc:  # noqa: BLE001 - the last resort: a bug must still be one line, exit 125
+        import logging
+        import os
+        if os.environ.get("PINNACE_DEBUG"):
+            raise
+        logging.getLogger("pinnace").debug("internal error", exc_info=True)
+        return fail(f"internal error: {type(exc).__name__}: {exc} (PINNACE_DEBUG=1 shows the traceback)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-_GLOBAL_VALUE = {"--root", "--runroot", "--log-level"}  # --storage-driver: typer validates it
+_GLOBAL_VALUE = {"--root", "--runroot"}  # --storage-driver and --log-level: typer validates them
 _IMAGES_BOOL = {"-q": "quiet", "--quiet": "quiet", "-a": "all", "--all": "all", "--digests": "digests",
                 "--no-trunc": "no_trunc", "-n": "noheading", "--noheading": "noheading"}
 _IMAGES_VALUE = {"--format": "format", "-f": "filter", "--filter": "filter"}
@@ -36,6 +36,9 @@ def try_fast_path(argv: list[str]) -> int | None:
         globals_[flag] = value
         i += 1
     rest = argv[i:]
+    import os
+    if os.environ.get("PINNACE_STORAGE_DRIVER", "overlay") != "overlay":
+        return None  # typer's path validates the driver
     if rest[:1] == ["images"]:
         args = rest[1:]
     elif rest[:2] in (["image", "ls"], ["image", "list"]):
@@ -59,8 +62,11 @@ def try_fast_path(argv: list[str]) -> int | None:
                 opts["filter"].append(value)
             else:
                 opts[key] = value
+        elif not flag.startswith("-") and "reference" not in opts:
+            opts["reference"] = flag  # `images [REPOSITORY[:TAG]]`
+            opts["filter"].append(f"reference={flag}")
         else:
-            return None  # positional argument, combined short flags, --help …: let typer decide
+            return None  # combined short flags, --help, a second argument …: let typer decide
         j += 1
     from pinnace.cli.errors import run_guarded
     return run_guarded(lambda: _images(globals_, opts))

@@ -57,6 +57,7 @@ def pull(ctx: typer.Context, reference: str = typer.Argument(..., metavar="IMAGE
 
 
 def images(ctx: typer.Context,
+           reference: str = typer.Argument(None, metavar="[REPOSITORY[:TAG]]"),
            all: bool = typer.Option(False, "--all", "-a", help="Show intermediate images too."),
            quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only image IDs."),
            digests: bool = typer.Option(False, "--digests", help="Show digests."),
@@ -67,7 +68,8 @@ def images(ctx: typer.Context,
     """List images."""
     from pinnace.cli.images_view import ImagesView, render_images
     from pinnace.engine.contract import ImageListOptions
-    rows = engine(ctx).image_list(ImageListOptions(all=all, filters=tuple(filter)))
+    filters = tuple(filter) + ((f"reference={reference}",) if reference else ())
+    rows = engine(ctx).image_list(ImageListOptions(all=all, filters=filters))
     render_images(rows, ImagesView(quiet, digests, no_trunc, fmt, noheading))
 
 
@@ -75,12 +77,22 @@ def inspect(ctx: typer.Context, names: List[str] = typer.Argument(..., metavar="
             fmt: str = typer.Option(None, "--format", "-f", help="json (default) or a Go template.")) -> None:
     """Show the configuration of one or more images as JSON."""
     from pinnace.cli.output import print_json
-    data = [engine(ctx).image_inspect(n) for n in names]
+    from pinnace.errors import PinnaceError
+    data, failures = [], []
+    for n in names:  # like Docker: show what was found, then say what was not
+        try:
+            data.append(engine(ctx).image_inspect(n))
+        except PinnaceError as exc:
+            failures.append(exc)
     if fmt and fmt != "json":
         from pinnace.cli.template import render_rows
         sys.stdout.write(render_rows(fmt, data))
-    else:
+    elif data or not failures:
         print_json(data)
+    for exc in failures[:-1]:
+        sys.stderr.write(f"Error: {exc}\n")
+    if failures:
+        raise failures[-1]
 
 
 def tag(ctx: typer.Context, source: str = typer.Argument(..., metavar="IMAGE"),
@@ -119,7 +131,10 @@ def prune(ctx: typer.Context,
           filter: List[str] = typer.Option([], "--filter")) -> None:
     """Remove dangling images (and unused ones with --all)."""
     from pinnace.engine.contract import ImagePruneOptions
-    if not force and sys.stdin.isatty():
+    if not force:
+        if not sys.stdin.isatty():
+            from pinnace.errors import InvalidArgument
+            raise InvalidArgument("image prune removes images: confirm on a terminal or pass --force")
         what = "all images without at least one container" if all else "all dangling images"
         if not typer.confirm(f"WARNING! This command removes {what}.\nAre you sure you want to continue?"):
             return

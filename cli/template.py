@@ -19,7 +19,7 @@ def _lookup(obj: object, path: str) -> object:
     if path == ".":
         return obj
     cur = obj
-    for part in path.lstrip(".").split("."):
+    for depth, part in enumerate(path.lstrip(".").split(".")):
         if isinstance(cur, dict):
             if part in cur:
                 cur = cur[part]
@@ -28,6 +28,10 @@ def _lookup(obj: object, path: str) -> object:
             if part.lower() in lowered:
                 cur = lowered[part.lower()]
                 continue
+            if depth > 0:
+                return None  # a missing key of a map (Labels, Config …): Go prints <no value>
+        elif cur is None and depth > 0:
+            return None
         raise InvalidArgument(f"template: can't evaluate field {part}")
     return cur
 
@@ -55,7 +59,7 @@ def _evaluate(expr: str, data: dict) -> str:
         return _text(_lookup(data, fn))
     values = [json.loads(a) if a.startswith('"') else _lookup(data, a) for a in rest]
     if fn == "json" and len(values) == 1:
-        return json.dumps(values[0])
+        return json.dumps(values[0], separators=(",", ":"))  # compact, like Go's encoding/json
     if fn == "index" and len(values) == 2:
         container, key = values
         if isinstance(container, dict):
@@ -79,6 +83,8 @@ def render_rows(template: str, rows: list[dict]) -> str:
     if table:
         template = template[len("table"):].lstrip()
     template = _unescape(template)
+    if template.count("{{") != len(_ACTION.findall(template)):
+        raise InvalidArgument("template: unclosed action (a '{{' without its '}}')")
     lines = [_ACTION.sub(lambda m: _evaluate(m.group(1), row), template) for row in rows]
     if not table:
         return "".join(line + "\n" for line in lines)

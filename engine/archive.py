@@ -135,7 +135,8 @@ def load_images(store: Store, archive: BinaryIO) -> ImageLoadReport:
         tar = tarfile.open(fileobj=archive, mode="r:*")
         members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise InvalidArgument(f"not a valid image archive: {exc}") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # tarfile's messages span lines
+        raise InvalidArgument(f"not a valid image archive: {reason}") from None
     with tar, store.gc_lock(shared=True):
         if "oci-layout" in members or "index.json" in members:
             return _load_oci(store, tar, members)
@@ -188,7 +189,9 @@ def _load_oci(store: Store, tar: tarfile.TarFile, members: dict) -> ImageLoadRep
         raise InvalidArgument("image archive: index.json has no manifests list")
     ids, names = [], []
     for desc in index["manifests"]:
-        digest = desc.get("digest", "")
+        if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
+            raise InvalidArgument("image archive: index.json lists a manifest that is not a descriptor")
+        digest = desc["digest"]
         raw = _verified_blob(tar, members, digest)
         parsed = parse_manifest(raw, desc.get("mediaType"))
         if isinstance(parsed, ImageIndex):
@@ -219,7 +222,10 @@ def _load_docker(store: Store, tar: tarfile.TarFile, members: dict) -> ImageLoad
         raise InvalidArgument("image archive: manifest.json is not a list")
     ids, names = [], []
     for entry in entries:
-        config_raw = _member_bytes(tar, members, entry.get("Config", ""))
+        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) \
+                or not isinstance(entry.get("Layers", []), list) or not isinstance(entry.get("RepoTags") or [], list):
+            raise InvalidArgument("image archive: manifest.json entries must be objects with Config, Layers, RepoTags")
+        config_raw = _member_bytes(tar, members, entry["Config"])
         config = parse_config(config_raw)
         layer_paths = entry.get("Layers") or []
         if len(layer_paths) != len(config["rootfs"]["diff_ids"]):
@@ -265,6 +271,9 @@ def _hash_stream(f: BinaryIO) -> str:
 def import_tarball(store: Store, opts: ImageImportOptions, source: BinaryIO) -> str:
     """A root filesystem tarball (maybe compressed) becomes a one-layer image. Returns the image ID."""
     from pinnace.engine.changes import apply_changes
+    if opts.reference:
+        canonical_name(opts.reference)  # a bad name fails before the input is read
+    apply_changes({}, opts.changes)      # and so does a bad --change
     store.open_for_write()
     with store.gc_lock(shared=True):
         return _import_locked(store, opts, source, apply_changes)
@@ -278,6 +287,15 @@ def _import_locked(store: Store, opts: ImageImportOptions, source: BinaryIO, app
         blob_digest = writer.commit()
     finally:
         writer.abort()
+    try:
+        return _import_blob(store, opts, blob_digest, apply_changes)
+    except BaseException:
+        if blob_digest not in store.images.referenced_blobs():
+            store.blobs.remove(blob_digest)  # not a tarball (or interrupted): keep no copy of the input
+        raise
+
+
+def _import_blob(store: Store, opts: ImageImportOptions, blob_digest: str, apply_changes) -> str:  # noqa: ANN001
     with store.blobs.open(blob_digest) as f:
         head = f.read(4)
         compression = "gzip" if head[:2] == b"\x1f\x8b" else "zstd" if head == b"\x28\xb5\x2f\xfd" else None

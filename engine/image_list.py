@@ -78,7 +78,8 @@ def _matches(key: str, value: str, image_id: str, names: list[str], manifest_dig
     if key == "reference":
         return any(reference_matches(value, n) for n in names)
     if key == "dangling":
-        return (not names) == (value.lower() in ("true", "1"))
+        # like Podman: an image pulled by digest has a name (repo@digest), so it is not dangling
+        return (not names and not digests) == (value.lower() in ("true", "1"))
     if key == "id":
         return image_id[7:].startswith(value.removeprefix("sha256:"))
     if key == "digest":

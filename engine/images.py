@@ -139,9 +139,14 @@ def remove_images(store: Store, opts: ImageRemoveOptions) -> ImageRemoveReport:
             if users and not opts.force:
                 raise Conflict(f"image {iid[7:19]} is in use by container(s) {', '.join(users)}: "
                                "remove them first or use --force")
-            untagged.extend(store.images.remove_names(iid))
-            store.images.delete(iid)
-            deleted.append(iid)
+            if users:
+                # like Docker: --force untags an image containers still use, it never deletes their layers
+                untagged.extend(store.images.remove_names(iid))
+                continue
+            if _unmount_for_removal(store, iid, opts.force):
+                untagged.extend(store.images.remove_names(iid))
+                store.images.delete(iid)
+                deleted.append(iid)
         except PinnaceError as exc:
             errors.append(str(exc))
             # podman's rmi codes: 1 = an image did not exist, 2 = an image is in use
@@ -152,11 +157,28 @@ def remove_images(store: Store, opts: ImageRemoveOptions) -> ImageRemoveReport:
     return ImageRemoveReport(tuple(untagged), tuple(deleted), tuple(errors), exit_code)
 
 
+def _unmount_for_removal(store: Store, image_id: str, force: bool) -> bool:
+    """A mounted image (`image mount`) is refused unless forced; forced, it is unmounted first."""
+    from pinnace.engine.mount import image_mount_path
+    from pinnace.runtime import mounts
+    path = image_mount_path(store, image_id)
+    if not mounts.is_mountpoint(path):
+        return True
+    if not force:
+        raise Conflict(f"image {image_id[7:19]} is mounted at {path}: `pinnace image unmount` it or use --force")
+    mounts.unmount(path)
+    return True
+
+
 def prune_images(store: Store, opts: ImagePruneOptions) -> list[str]:
     removed = []
     for rec in _filter_images(store, opts.filters):
-        if (rec.names and not opts.all) or store.images.users(rec.id):
+        if ((rec.names or rec.digests) and not opts.all) or store.images.users(rec.id):
             continue
+        from pinnace.engine.mount import image_mount_path
+        from pinnace.runtime import mounts
+        if mounts.is_mountpoint(image_mount_path(store, rec.id)):
+            continue  # mounted: in use
         store.images.remove_names(rec.id)
         store.images.delete(rec.id)
         removed.append(rec.id)

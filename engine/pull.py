@@ -113,6 +113,7 @@ def pull_image(store: Store, opts: ImagePullOptions, progress: ProgressCallback 
             digests += (f"{ref.name}@{top_digest}",)
             extra = ((top_digest, index_raw),)
         record = record_image(store, manifest=manifest, manifest_raw=fetched.data, config=config,
-                              config_raw=config_raw, names=(str(ref),) if ref.tag else (), digests=digests,
+                              config_raw=config_raw, names=(str(ref),) if ref.tag and not ref.digest else (),
+                              digests=digests,
                               extra_blobs=extra)
     return ImagePullReport(record.id, str(ref), top_digest, pulled, reused)

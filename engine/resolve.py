@@ -13,8 +13,8 @@ _HEX_PREFIX = re.compile(r"^(sha256:)?[0-9a-f]{3,64}$")
 def canonical_name(text: str) -> str:
     """'busybox' → 'docker.io/library/busybox:latest' (a tag is added when missing)."""
     ref = parse_reference(text)
-    if ref.digest and not ref.tag:
-        raise InvalidArgument(f"{text}: a tag is needed here, not a digest")
+    if ref.digest:
+        raise InvalidArgument(f"{text}: an image name takes a tag here, not a digest")
     return str(ref)
 
 

@@ -150,13 +150,20 @@ def reset_store(store: Store) -> None:
     from pinnace.runtime import mounts
     mounts.unmount_all(store.layout.mounts_dir)
     store.close()
-    for d in (store.layout.root, store.layout.runroot):
-        if not d.exists():
-            continue
-        for entry in os.listdir(d):
-            if d == store.layout.runroot and entry in ("holder.pid", "holder.lock"):
-                continue
-            remove_tree(d / entry)
+    lock = store.gc_lock(shared=False) if store.layout.root.exists() else None
+    if lock is not None:
+        lock.acquire()  # waits for pulls that are recording an image
+    try:
+        for d, entries in ((store.layout.root, store.layout.ROOT_ENTRIES),
+                           (store.layout.runroot, store.layout.RUNROOT_ENTRIES)):
+            for entry in entries:
+                remove_tree(d / entry)  # only what pinnace made: --root may be a shared directory
+            for name in os.listdir(d) if d.exists() else ():
+                if ".partial-" in name:
+                    remove_tree(d / name)
+    finally:
+        if lock is not None:
+            lock.release()
     if store.config.rootless:
         from pinnace.runtime.userns import stop_holder
         stop_holder(store.layout.runroot)

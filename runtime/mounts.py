@@ -28,6 +28,10 @@ def mount_layers(layers_dir: Path, layer_names: list[str], target: Path, *, root
     if is_mountpoint(target):
         return
     try:
+        if not layer_names:
+            # an image without layers (valid, if rare) is an empty read-only filesystem
+            syscalls.mount("tmpfs", str(target), "tmpfs", syscalls.MS_RDONLY, "size=4k,mode=0755")
+            return
         if len(layer_names) == 1:
             # overlay wants two lower layers without an upper one: a read-only bind does the same job
             src = str(layers_dir / layer_names[0])

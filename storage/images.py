@@ -113,9 +113,11 @@ class ImageStore:
             return c.execute("DELETE FROM image_names WHERE name=?", (name,)).rowcount > 0
 
     def remove_names(self, image_id: str) -> list[str]:
+        """Remove every name, repo digests included (as `podman untag` does): the image becomes dangling."""
         with self.db.transaction() as c:
             names = [r[0] for r in c.execute("SELECT name FROM image_names WHERE image_id=?", (image_id,))]
             c.execute("DELETE FROM image_names WHERE image_id=?", (image_id,))
+            c.execute("DELETE FROM image_digests WHERE image_id=?", (image_id,))
             return names
 
     def delete(self, image_id: str) -> None:

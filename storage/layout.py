@@ -58,8 +58,22 @@ class StoreLayout:
     def lock_path(self, kind: str, name: str) -> Path:
         return self.locks_dir / f"{kind}-{name}.lock"
 
+    # What pinnace itself puts in root and runroot: `system reset` removes these and nothing else, since
+    # --root/--runroot may name a directory that holds other things too.
+    ROOT_ENTRIES = ("state.db", "state.db-wal", "state.db-shm", "blobs", "layers", "locks", "tmp",
+                    ".single-mapping-warned")
+    RUNROOT_ENTRIES = ("mounts",)
+
     def create_dirs(self) -> None:
-        for d in (self.root, self.blobs_dir, self.layers_dir, self.locks_dir, self.tmp_dir, self.runroot):
+        for d in (self.root, self.runroot):
+            if not d.exists():
+                # new store directories are private: they hold files owned by subordinate ids
+                d.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    d.mkdir(mode=0o700)
+                except FileExistsError:
+                    pass
+        for d in (self.blobs_dir, self.layers_dir, self.locks_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
         # The runroot may be /tmp/pinnace-run-UID (no XDG_RUNTIME_DIR): refuse one another user made for us.
         for d in (self.root, self.runroot):
@@ -67,12 +81,6 @@ class StoreLayout:
             if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
                 raise StorageError(f"{d} is not a directory owned by you: refusing to use it (another user may have "
                                    "created it; use --runroot or set XDG_RUNTIME_DIR)")
-        # The store holds files owned by subordinate ids: keep other users out of it.
-        for d in (self.root, self.runroot):
-            try:
-                os.chmod(d, 0o700)
-            except OSError:
-                pass
 
     def partial_name(self, final: Path) -> Path:
         """Name of a half-written object: cleaned by the next process that takes the object's lock."""

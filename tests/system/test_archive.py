@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import tarfile
 
@@ -88,3 +89,39 @@ def test_load_rejects_garbage(pinnace, tmp_path):
     res = pinnace("load", "-i", str(t), check=False)
     assert res.rc == 125 and "missing.json" in res.err
     assert pinnace("images", "-q").out == ""
+
+
+def _docker_archive(path, manifest_json: bytes, extra: dict | None = None) -> None:
+    with tarfile.open(path, "w") as t:
+        for name, body in {"manifest.json": manifest_json, **(extra or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            t.addfile(info, io.BytesIO(body))
+
+
+def test_load_rejects_malformed_manifests_in_one_line(pinnace, tmp_path):
+    for body in (b"[1]", b'[{"Config": 5}]', b"{}"):
+        _docker_archive(tmp_path / "m.tar", body)
+        res = pinnace("load", "-i", str(tmp_path / "m.tar"), check=False)
+        assert res.rc == 125 and len(res.err.splitlines()) == 1 and "Traceback" not in res.err, res.err
+    res = pinnace("load", "-i", "/etc/passwd", check=False)
+    assert res.rc == 125 and len(res.err.splitlines()) == 1, res.err
+
+
+def test_zero_layer_image(pinnace, tmp_path):
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    _docker_archive(tmp_path / "z.tar", json.dumps([{"Config": "c.json", "RepoTags": ["empty:1"], "Layers": []}]).encode(),
+                    {"c.json": config})
+    pinnace("load", "-i", str(tmp_path / "z.tar"))
+    mnt = pinnace("image", "mount", "empty:1").out.strip()
+    assert pinnace("unshare", "ls", "-A", mnt).out == ""
+
+
+def test_failed_import_keeps_nothing(pinnace, tmp_path):
+    res = pinnace("import", "/etc/passwd", "x:1", check=False)
+    assert res.rc == 125 and len(res.err.splitlines()) == 1
+    res = pinnace("import", "-", "Bad/Name", input=b"whatever", check=False)
+    assert res.rc == 125
+    blobs = pinnace.root / "blobs" / "sha256"
+    assert not blobs.exists() or os.listdir(blobs) == []

@@ -64,6 +64,7 @@ def test_pull_gzip_zstd_and_plain_layers(pinnace, tmp_path):
     mnt = pinnace("image", "mount", ref).out.strip()
     out = pinnace("unshare", "cat", f"{mnt}/gz.txt", f"{mnt}/zst.txt", f"{mnt}/plain.txt").out
     assert out == "gzip\nzstd\nplain\n"
+    pinnace("image", "unmount", ref)
     # saving to oci-archive keeps every blob as pulled (same manifest digest), and the archive loads back
     archive = tmp_path / "mixed.tar"
     pinnace("save", "--format", "oci-archive", "-o", str(archive), ref)

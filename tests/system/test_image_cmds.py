@@ -20,8 +20,8 @@ def test_tag_untag_and_short_names(pinnace, fixtures_info):
     pinnace("untag", "mybox", "docker.io/library/mybox:latest")
     assert pinnace("image", "inspect", "mybox", check=False).rc == 125
     pinnace("untag", iid)
-    # like Podman: an untagged image still shows the repository it was pulled from
-    assert pinnace("images", "--format", "{{.Repository}}:{{.Tag}}").out == f"{REGISTRY}/fixtures/busybox:<none>\n"
+    # like Podman: untag without names removes every name, repo digests too: the image is dangling
+    assert pinnace("images", "--format", "{{.Repository}}:{{.Tag}}").out == "<none>:<none>\n"
     assert pinnace("images", "-q", "--filter", "dangling=true").out.strip() == iid[:12]
     bad = pinnace("tag", iid, "team/UpperCase", check=False)
     assert bad.rc == 125 and "Error:" in bad.err and "Traceback" not in bad.err
@@ -65,6 +65,14 @@ def test_prune_and_history(pinnace, fixtures_info):
     js = pinnace("history", "--format", "json", LAYERS).json()
     assert sum(1 for e in js if e["Size"] > 0) == 3
     assert pinnace("image", "prune", "-f").out == ""  # nothing dangling
+    res = pinnace("image", "prune", check=False)  # no terminal, no --force: refuses, removes nothing
+    assert res.rc == 125 and "--force" in res.err
+    # an image pulled by digest is named by it: not dangling, not pruned
+    digest = fixtures_info["busybox"]["digest"]
+    pinnace("pull", "-q", f"{REGISTRY}/fixtures/busybox@{digest}")
+    assert pinnace("images", "-q", "--filter", "dangling=true").out == ""
+    assert pinnace("image", "prune", "-f").out == ""
+    pinnace("rmi", f"{REGISTRY}/fixtures/busybox@{digest}")
     pinnace("untag", LAYERS)
     pruned = pinnace("image", "prune", "-f").out.split()
     assert pruned == [fixtures_info["busybox-layers"]["config"][7:]]
@@ -95,8 +103,11 @@ def test_rmi_refuses_an_image_a_container_uses(pinnace, fixtures_info):
     assert res.rc == 2 and "in use by container(s) web" in res.err
     assert pinnace("images", "--format", "{{.Containers}}").out == "1\n"
     assert pinnace("image", "prune", "-a", "-f").out == ""  # in use: not pruned
+    # like Docker, --force only untags an image a container uses: its layers stay
     res = pinnace("rmi", "-f", BUSYBOX)
-    assert f"Deleted: {iid}" in res.out
+    assert f"Untagged: {BUSYBOX}" in res.out and "Deleted" not in res.out
+    assert pinnace("images", "-q").out.strip() == iid[:12]
+    assert pinnace("system", "check").rc == 0
 
 
 def test_refuses_a_runroot_another_user_owns(pinnace, tmp_path):
@@ -108,3 +119,58 @@ def test_refuses_a_runroot_another_user_owns(pinnace, tmp_path):
     res = subprocess.run([PINNACE_BIN, "--root", str(pinnace.root), "--runroot", "/tmp", "pull", "-q", BUSYBOX],
                          capture_output=True, text=True, env=pinnace.env)
     assert res.returncode == 125 and "not a directory owned by you" in res.stderr
+
+
+def test_reset_and_store_dirs_leave_foreign_files_alone(pinnace, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    (shared / "keep.txt").write_text("not pinnace's\n")
+    os.chmod(shared, 0o755)
+    import subprocess
+    from testenv import PINNACE_BIN
+    base = [PINNACE_BIN, "--root", str(shared), "--runroot", str(pinnace.runroot)]
+    assert subprocess.run(base + ["pull", "-q", BUSYBOX], capture_output=True, env=pinnace.env).returncode == 0
+    assert os.stat(shared).st_mode & 0o777 == 0o755  # an existing directory keeps its mode
+    assert subprocess.run(base + ["system", "reset", "-f"], capture_output=True, env=pinnace.env).returncode == 0
+    assert sorted(os.listdir(shared)) == ["keep.txt"]
+
+
+def test_mounted_image_is_not_removed_unless_forced(pinnace):
+    iid = pinnace("pull", "-q", LAYERS).out.strip()
+    mnt = pinnace("image", "mount", LAYERS).out.strip()
+    res = pinnace("rmi", LAYERS, check=False)
+    assert res.rc == 2 and "mounted" in res.err
+    assert pinnace("image", "prune", "-a", "-f").out == ""  # mounted means in use
+    res = pinnace("rmi", "-f", LAYERS)
+    assert f"Deleted: {iid}" in res.out
+    assert pinnace("unshare", "sh", "-c", f"grep -c ' {mnt} ' /proc/self/mountinfo || true").out.strip() == "0"
+
+
+def test_tag_and_digest_together(pinnace, fixtures_info):
+    digest = fixtures_info["busybox"]["digest"]
+    iid = pinnace("pull", "-q", f"{REGISTRY}/fixtures/busybox:latest@{digest}").out.strip()
+    data = pinnace("image", "inspect", iid).json()[0]
+    assert data["RepoTags"] == []  # the digest decides, as with Docker and Podman
+    assert f"{REGISTRY}/fixtures/busybox@{digest}" in data["RepoDigests"]
+    res = pinnace("tag", iid, f"mine:1@{digest}", check=False)
+    assert res.rc == 125 and "digest" in res.err
+
+
+def test_images_takes_a_repository_argument(pinnace):
+    pinnace("pull", "-q", BUSYBOX)
+    pinnace("pull", "-q", LAYERS)
+    fast = pinnace("images", "--format", "{{.Repository}}", f"{REGISTRY}/fixtures/busybox").out
+    assert fast == f"{REGISTRY}/fixtures/busybox\n"
+    # --log-level is not taken by the fast path: this runs through typer
+    typer_path = pinnace("--log-level", "warn", "image", "ls", "--format={{.Repository}}", "*layers*").out
+    assert typer_path == f"{REGISTRY}/fixtures/busybox-layers\n"
+
+
+def test_inspect_shows_what_it_found(pinnace):
+    pinnace("pull", "-q", BUSYBOX)
+    res = pinnace("image", "inspect", BUSYBOX, "nosuch:1", check=False)
+    assert res.rc == 125 and "nosuch" in res.err
+    assert len(res.json()) == 1
+    assert pinnace("image", "inspect", "--format", "{{.Config.Labels.nosuch}}", BUSYBOX).out == "<no value>\n"
+    bad = pinnace("image", "inspect", "--format", "{{.Id", BUSYBOX, check=False)
+    assert bad.rc == 125 and "unclosed" in bad.err

@@ -25,19 +25,29 @@ def test_version_is_light(tmp_path):
 
 
 def test_images_is_light(tmp_path):
+    from testenv import REGISTRY
+    base = [PINNACE_BIN, "--root", str(tmp_path / "r"), "--runroot", str(tmp_path / "rr")]
+    assert subprocess.run(base + ["pull", "-q", f"{REGISTRY}/fixtures/busybox"], capture_output=True).returncode == 0
     mods = _imported(["--root", str(tmp_path / "r"), "--runroot", str(tmp_path / "rr"), "images"], tmp_path)
     heavy = [m for m in mods if any(m == h or m.startswith(h + ".") for h in HEAVY)]
     assert heavy == [], heavy
     mods = _imported(["--root", str(tmp_path / "r"), "--runroot", str(tmp_path / "rr"), "images", "--format", "json"],
                      tmp_path)
     assert not [m for m in mods if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    subprocess.run(base + ["system", "reset", "-f"], capture_output=True)
 
 
-def test_typer_path_handles_unusual_flag_forms(tmp_path):
-    # combined short flags are not parsed by the fast path: typer takes over and gives the same answer
+def test_fast_path_and_typer_print_the_same(tmp_path):
+    from testenv import REGISTRY
     base = [PINNACE_BIN, "--root", str(tmp_path / "r"), "--runroot", str(tmp_path / "rr")]
-    a = subprocess.run(base + ["images", "-q"], capture_output=True, text=True)
-    b = subprocess.run(base + ["image", "list", "--quiet", "--all"], capture_output=True, text=True)
-    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+    for name in ("busybox", "busybox-layers"):
+        assert subprocess.run(base + ["pull", "-q", f"{REGISTRY}/fixtures/{name}"], capture_output=True).returncode == 0
+    # --log-level is not taken by the fast path: the second command of each pair runs through typer
+    for args in (["images"], ["images", "-q"], ["images", "--digests", "--no-trunc"], ["images", "--format", "json"],
+                 ["images", "--format", "{{.ID}} {{.Size}}"], ["images", "--filter", "reference=*layers*"]):
+        fast = subprocess.run(base + args, capture_output=True, text=True)
+        slow = subprocess.run(base[:1] + ["--log-level", "warn"] + base[1:] + args, capture_output=True, text=True)
+        assert fast.returncode == slow.returncode == 0 and fast.stdout == slow.stdout and fast.stdout, args
+    subprocess.run(base + ["system", "reset", "-f"], capture_output=True)
     bad = subprocess.run(base + ["images", "--nonsense"], capture_output=True, text=True)
     assert bad.returncode == 125 and bad.stderr.startswith("Error:") and "nonsense" in bad.stderr
