@@ -129,18 +129,24 @@ def _sniff_media_type(doc: dict) -> str | None:
     return None
 
 
+def _json_object(data: bytes, what: str) -> tuple[str, dict]:
+    """(digest, parsed object) of a JSON document, or RegistryError("malformed <what> …")."""
+    digest = sha256_digest(data)
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"malformed {what} {digest}: invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"malformed {what} {digest}: not a JSON object")
+    return digest, doc
+
+
 def parse_manifest(data: bytes, media_type: str | None) -> ImageManifest | ImageIndex:
     """Parse and validate an image manifest or index; `media_type` is the Content-Type it came with.
 
     Raises UnsupportedMediaType (schema 1, unknown types) or RegistryError("malformed manifest …").
     """
-    digest = sha256_digest(data)
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"malformed manifest {digest}: invalid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"malformed manifest {digest}: not a JSON object")
+    digest, doc = _json_object(data, "manifest")
     header_type, body_type = _bare(media_type), doc.get("mediaType")
     if body_type is not None and not isinstance(body_type, str):
         raise RegistryError(f"malformed manifest {digest}: mediaType is not a string")
@@ -198,13 +204,7 @@ def parse_config(data: bytes, *, expected_layers: int | None = None) -> dict:
     `rootfs.diff_ids` must be a list of sha256 digests (as many as `expected_layers` when given),
     `architecture` and `os` non-empty strings. Raises RegistryError("malformed image config …").
     """
-    digest = sha256_digest(data)
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"malformed image config {digest}: invalid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"malformed image config {digest}: not a JSON object")
+    digest, doc = _json_object(data, "image config")
     for key in ("architecture", "os"):
         if not isinstance(doc.get(key), str) or not doc[key]:
             raise RegistryError(f"malformed image config {digest}: missing {key}")
