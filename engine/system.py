@@ -6,6 +6,7 @@ import platform as _platform
 import re
 
 from pinnace import __version__
+from pinnace.engine.config import config_dir
 from pinnace.engine.contract import CheckReport, DiskUsageRow
 from pinnace.engine.images import collect_garbage
 from pinnace.engine.store import Store
@@ -55,6 +56,7 @@ def system_info(store: Store) -> dict:
             "namespaceHolderPid": holder,
         },
         "store": {"graphRoot": str(store.layout.root), "runRoot": str(store.layout.runroot),
+                  "configDir": str(config_dir()),
                   "graphDriverName": store.config.storage_driver, "imageCount": images,
                   "overlayXattrs": store.overlay_xattr_prefix.rstrip(".")},
     }

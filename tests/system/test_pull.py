@@ -134,6 +134,8 @@ def test_info_reports_rootless_setup(pinnace):
     info = pinnace("info", "--format", "json").json()
     assert info["store"]["graphRoot"] == str(pinnace.root)
     assert info["store"]["graphDriverName"] == "overlay"
+    expected_config = "/etc/pinnace" if os.getuid() == 0 else str(pinnace.home / ".config" / "pinnace")
+    assert info["store"]["configDir"] == expected_config  # platformdirs, honouring XDG_CONFIG_HOME
     assert info["host"]["rootless"] == (os.getuid() != 0)
     if os.getuid() != 0:
         assert info["host"]["idMappings"]["uidmap"][1]["host_id"] == _subuid_start()
