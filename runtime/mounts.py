@@ -1,11 +1,12 @@
 """Read-only image mounts (overlay of the image's layers) inside the per-user mount namespace.
 
-Runs in a process that has joined the namespace holder (rootless) or as real root. Lower directories
-are passed relative to the layers directory (we chdir there for the mount call), so an image of ~60
-layers still fits the kernel's one-page limit on mount options.
+Runs in a process that has joined the namespace holder (rootless) or as real root. Overlay mounts use
+the new mount API (one `lowerdir+` per layer: no limit on the number of layers), falling back to
+mount(2) on older kernels.
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -22,8 +23,58 @@ def is_mountpoint(path: Path) -> bool:
         return False
 
 
+def mount_overlay(layer_dirs: list[Path], target: Path, *, upper: Path | None = None, work: Path | None = None,
+                  rootless: bool, readonly: bool = False) -> None:
+    """Mount an overlay of layer_dirs (bottom first), with an optional upper/work pair for writes.
+
+    With the new mount API each lower layer is its own `lowerdir+` call, so any number of layers fits;
+    kernels before 6.8 (no `lowerdir+`) fall back to mount(2) with paths relative to the layers'
+    directory, which fits about 60 layers in the one-page option string."""
+    try:
+        _mount_overlay_fsconfig(layer_dirs, target, upper, work, rootless, readonly)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    parent = layer_dirs[0].parent
+    options = "lowerdir=" + ":".join(str(d.relative_to(parent)) if d.parent == parent else str(d)
+                                     for d in reversed(layer_dirs))
+    if upper is not None and work is not None:
+        options += f",upperdir={upper},workdir={work}"
+    if rootless:
+        options += ",userxattr"
+    cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chdir(parent)
+        syscalls.mount("overlay", str(target), "overlay", syscalls.MS_RDONLY if readonly else 0, options)
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+
+
+def _mount_overlay_fsconfig(layer_dirs: list[Path], target: Path, upper: Path | None, work: Path | None,
+                            rootless: bool, readonly: bool) -> None:
+    fs_fd = syscalls.fsopen("overlay")
+    try:
+        for d in reversed(layer_dirs):  # lowerdir+ goes from the top layer down
+            syscalls.fsconfig_string(fs_fd, "lowerdir+", d)
+        if upper is not None and work is not None:
+            syscalls.fsconfig_string(fs_fd, "upperdir", upper)
+            syscalls.fsconfig_string(fs_fd, "workdir", work)
+        if rootless:
+            syscalls.fsconfig_flag(fs_fd, "userxattr")
+        syscalls.fsconfig_create(fs_fd)
+        mnt_fd = syscalls.fsmount(fs_fd, syscalls.MOUNT_ATTR_RDONLY if readonly else 0)
+        try:
+            syscalls.move_mount_to(mnt_fd, target)
+        finally:
+            os.close(mnt_fd)
+    finally:
+        os.close(fs_fd)
+
+
 def mount_layers(layers_dir: Path, layer_names: list[str], target: Path, *, rootless: bool) -> None:
-    """Mount layers (bottom first) read-only at target."""
+    """Mount an image's layers (bottom first) read-only at target."""
     target.mkdir(parents=True, exist_ok=True)
     if is_mountpoint(target):
         return
@@ -39,16 +90,7 @@ def mount_layers(layers_dir: Path, layer_names: list[str], target: Path, *, root
             syscalls.mount(None, str(target), None,
                            syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY, None)
             return
-        options = "lowerdir=" + ":".join(reversed(layer_names))
-        if rootless:
-            options += ",userxattr"
-        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.chdir(layers_dir)
-            syscalls.mount("overlay", str(target), "overlay", syscalls.MS_RDONLY, options)
-        finally:
-            os.fchdir(cwd)
-            os.close(cwd)
+        mount_overlay([layers_dir / n for n in layer_names], target, rootless=rootless, readonly=True)
     except OSError as exc:
         raise StorageError(f"cannot mount image layers at {target}: {exc}") from None
 

@@ -95,3 +95,50 @@ def umount2(target: str | bytes | os.PathLike, flags: int = 0) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_lib().prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                                ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), f"prctl({option})")
+
+
+# The new mount API (Linux 5.2+; overlay's `lowerdir+` from 6.8): one fsconfig call per layer, so the
+# number of layers is not bounded by mount(2)'s one-page option string. Syscall numbers are the same on
+# every architecture (they were added after the tables were unified).
+_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+
+def _syscall(number: int, *args: object) -> int:
+    return _lib().syscall(ctypes.c_long(number), *args)
+
+
+def fsopen(fstype: str) -> int:
+    return _check(_syscall(_SYS_FSOPEN, _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), f"fsopen({fstype!r})")
+
+
+def fsconfig_string(fs_fd: int, key: str, value: str | bytes | os.PathLike) -> None:
+    _check(_syscall(_SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_SET_STRING), _b(key), _b(value),
+                    ctypes.c_int(0)), f"fsconfig({key}={os.fsdecode(value)!r})")
+
+
+def fsconfig_flag(fs_fd: int, key: str) -> None:
+    _check(_syscall(_SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_SET_FLAG), _b(key), None,
+                    ctypes.c_int(0)), f"fsconfig({key})")
+
+
+def fsconfig_create(fs_fd: int) -> None:
+    _check(_syscall(_SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None,
+                    ctypes.c_int(0)), "fsconfig(create)")
+
+
+def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
+    return _check(_syscall(_SYS_FSMOUNT, ctypes.c_int(fs_fd), ctypes.c_uint(FSMOUNT_CLOEXEC),
+                           ctypes.c_uint(attr_flags)), "fsmount")
+
+
+def move_mount_to(mount_fd: int, target: str | bytes | os.PathLike) -> None:
+    """Attach a detached mount (from fsmount) at target."""
+    _check(_syscall(_SYS_MOVE_MOUNT, ctypes.c_int(mount_fd), b"", ctypes.c_int(-100), _b(target),
+                    ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount(to {os.fsdecode(target)!r})")

@@ -125,3 +125,32 @@ def test_failed_import_keeps_nothing(pinnace, tmp_path):
     assert res.rc == 125
     blobs = pinnace.root / "blobs" / "sha256"
     assert not blobs.exists() or os.listdir(blobs) == []
+
+
+def test_image_with_many_layers_mounts(pinnace, tmp_path):
+    # 100 layers: beyond what one page of mount(2) options can name; the new mount API takes them one by one
+    import hashlib
+    layers, diff_ids = {}, []
+    for i in range(100):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            body = f"layer {i}\n".encode()
+            info = tarfile.TarInfo(f"layers/l{i:03d}.txt")
+            info.size = len(body)
+            t.addfile(info, io.BytesIO(body))
+            if i == 99:
+                over = tarfile.TarInfo("layers/l000.txt")  # the top layer overrides the bottom one
+                over.size = 4
+                t.addfile(over, io.BytesIO(b"top\n"))
+        data = buf.getvalue()
+        layers[f"{i:03d}/layer.tar"] = data
+        diff_ids.append("sha256:" + hashlib.sha256(data).hexdigest())
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    manifest = json.dumps([{"Config": "c.json", "RepoTags": ["many:1"], "Layers": sorted(layers)}]).encode()
+    _docker_archive(tmp_path / "many.tar", manifest, {"c.json": config, **layers})
+    pinnace("load", "-i", str(tmp_path / "many.tar"))
+    mnt = pinnace("image", "mount", "many:1").out.strip()
+    listing = pinnace("unshare", "ls", f"{mnt}/layers").out.split()
+    assert len(listing) == 100
+    assert pinnace("unshare", "cat", f"{mnt}/layers/l000.txt", f"{mnt}/layers/l099.txt").out == "top\nlayer 99\n"
