@@ -1,0 +1,263 @@
+"""Execute an OCI runtime-spec document (runtime/spec.py) with our own Python runtime.
+
+The caller has joined the per-user namespace holder (rootless) or is real root, and is single-threaded.
+`run_foreground` forks: the child unshares the container's namespaces and forks again, so that the
+grandchild is pid 1 of a new pid namespace; that one mounts the container's filesystems under the
+prepared rootfs, pivots into it, drops to the process user and capabilities, and execs. Exit codes follow
+Docker: the command's own, 128+N when killed by signal N, 127 when the command is not found, 126 when it
+cannot be invoked.
+
+Issue-3 groundwork: the supervisor, ttys, cgroups and networking build on this; no CLI command uses it yet.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import resource
+import signal
+import sys
+
+from pinnace.runtime import syscalls
+from pinnace.runtime.spec import ALL_CAPS
+
+EXIT_NOT_FOUND, EXIT_CANNOT_INVOKE, EXIT_SETUP_FAILED = 127, 126, 125
+_NS_FLAGS = {"pid": syscalls.CLONE_NEWPID, "ipc": syscalls.CLONE_NEWIPC, "uts": syscalls.CLONE_NEWUTS,
+             "mount": syscalls.CLONE_NEWNS, "cgroup": syscalls.CLONE_NEWCGROUP, "network": syscalls.CLONE_NEWNET}
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_MOUNT_FLAGS = {"ro": syscalls.MS_RDONLY, "nosuid": syscalls.MS_NOSUID, "nodev": syscalls.MS_NODEV,
+                "noexec": syscalls.MS_NOEXEC, "strictatime": syscalls.MS_STRICTATIME,
+                "relatime": syscalls.MS_RELATIME, "noatime": syscalls.MS_NOATIME}
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore"))
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+
+
+class SetupError(Exception):
+    """Preparing the container failed before exec: reported on stderr, exit 125."""
+
+
+def run_foreground(spec: dict) -> int:
+    """Run the container described by `spec` with this process's stdio; return its exit code."""
+    flags = 0
+    for ns in spec["linux"]["namespaces"]:
+        flags |= _NS_FLAGS[ns["type"]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        code = EXIT_SETUP_FAILED
+        try:
+            syscalls.unshare(flags)
+            init = os.fork()  # the first child in a new pid namespace is its pid 1
+            if init == 0:
+                _container_init(spec)  # never returns
+            code = _exit_code(os.waitpid(init, 0)[1])
+        except BaseException as exc:  # noqa: BLE001 - a forked child must never return into the caller
+            _report(f"container setup failed: {exc}")
+        finally:
+            os._exit(code)
+    return _exit_code(os.waitpid(child, 0)[1])
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _report(message: str) -> None:
+    try:
+        os.write(2, f"Error: {message}\n".encode())
+    except OSError:
+        pass
+
+
+def _container_init(spec: dict) -> None:
+    try:
+        rootfs = spec["root"]["path"]
+        _prepare_rootfs(spec, rootfs)
+        _pivot(rootfs)
+        _apply_paths(spec)
+        if spec["root"].get("readonly"):
+            syscalls.mount(None, "/", None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY, None)
+        if spec.get("hostname"):
+            _sethostname(spec["hostname"])
+        process = spec["process"]
+        for limit in process.get("rlimits", []):
+            resource.setrlimit(getattr(resource, limit["type"]), (limit["soft"], limit["hard"]))
+        program = _find_program(process["args"][0], process["env"])
+        _drop_privileges(process)
+        os.chdir(process.get("cwd") or "/")
+    except BaseException as exc:  # noqa: BLE001
+        _report(f"container setup failed: {exc}")
+        os._exit(EXIT_SETUP_FAILED)
+    for sig in range(1, signal.NSIG):  # the command starts with default dispositions, as after a fresh exec
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    if program is None:
+        _report(f"{process['args'][0]}: executable file not found in $PATH")
+        os._exit(EXIT_NOT_FOUND)
+    try:
+        os.execve(program, process["args"], dict(e.split("=", 1) for e in process["env"] if "=" in e))
+    except OSError as exc:
+        _report(f"{process['args'][0]}: {exc.strerror}")
+        os._exit(EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_CANNOT_INVOKE)
+
+
+# -- filesystems --------------------------------------------------------------------------------------
+def _inside(rootfs: str, dest: str) -> str:
+    """The host path of `dest` below rootfs, creating directories; refuses to pass through a symlink of
+    the image (which could point anywhere on the host)."""
+    path = rootfs
+    for part in [p for p in dest.split("/") if p and p != "."]:
+        if part == "..":
+            raise SetupError(f"mount destination {dest!r} leaves the container")
+        path = os.path.join(path, part)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o755)
+            continue
+        if os.path.islink(path):
+            raise SetupError(f"mount destination {dest!r} goes through a symlink in the image")
+        del st
+    return path
+
+
+def _options(options: list[str]) -> tuple[int, str]:
+    flags, data = 0, []
+    for opt in options:
+        if opt in _MOUNT_FLAGS:
+            flags |= _MOUNT_FLAGS[opt]
+        elif opt in ("rbind", "bind"):
+            flags |= syscalls.MS_BIND | (syscalls.MS_REC if opt == "rbind" else 0)
+        else:
+            data.append(opt)
+    return flags, ",".join(data)
+
+
+def _prepare_rootfs(spec: dict, rootfs: str) -> None:
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
+    syscalls.mount(rootfs, rootfs, None, syscalls.MS_BIND | syscalls.MS_REC, None)  # pivot_root wants a mount
+    for m in spec.get("mounts", []):
+        target = _inside(rootfs, m["destination"])
+        flags, data = _options(m.get("options", []))
+        if flags & syscalls.MS_BIND or m.get("type") == "bind":
+            syscalls.mount(m["source"], target, None, syscalls.MS_BIND | (flags & syscalls.MS_REC), None)
+            if flags & ~(syscalls.MS_BIND | syscalls.MS_REC):
+                syscalls.mount(None, target, None, syscalls.MS_BIND | syscalls.MS_REMOUNT
+                               | (flags & ~(syscalls.MS_BIND | syscalls.MS_REC)), None)
+        else:
+            syscalls.mount(m["source"], target, m["type"], flags, data or None)
+    dev = os.path.join(rootfs, "dev")
+    for name in _DEVICES:
+        # mknod is refused in a user namespace: bind the host's device nodes, as rootless Podman does
+        node = os.path.join(dev, name)
+        if not os.path.lexists(node):
+            os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o666))
+        syscalls.mount(f"/dev/{name}", node, None, syscalls.MS_BIND, None)
+    for name, target in _DEV_LINKS:
+        link = os.path.join(dev, name)
+        if not os.path.lexists(link):
+            os.symlink(target, link)
+    cwd = spec["process"].get("cwd") or "/"
+    _inside(rootfs, cwd)  # Docker creates a missing working directory
+
+
+def _pivot(rootfs: str) -> None:
+    number = _PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise SetupError(f"pivot_root: unsupported architecture {platform.machine()}")
+    os.chdir(rootfs)
+    # pivot_root(".", "."): the old root ends up stacked on the new one, then is detached
+    if syscalls._lib().syscall(ctypes.c_long(number), b".", b".") < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"pivot_root: {os.strerror(err)}")
+    syscalls.umount2(".", syscalls.MNT_DETACH)
+    os.chdir("/")
+
+
+def _apply_paths(spec: dict) -> None:
+    linux = spec.get("linux", {})
+    for path in linux.get("maskedPaths", []):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                syscalls.mount("tmpfs", path, "tmpfs", syscalls.MS_RDONLY, "size=0")
+            else:
+                syscalls.mount("/dev/null", path, None, syscalls.MS_BIND, None)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
+    for path in linux.get("readonlyPaths", []):
+        try:
+            syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC, None)
+            syscalls.mount(None, path, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY
+                           | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC, None)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
+
+
+def _sethostname(name: str) -> None:
+    raw = name.encode()
+    if syscalls._lib().sethostname(raw, ctypes.c_size_t(len(raw))) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sethostname: {os.strerror(err)}")
+
+
+# -- identity ------------------------------------------------------------------------------------------
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _cap_mask(names: list[str]) -> int:
+    return sum(1 << ALL_CAPS.index(n) for n in names if n in ALL_CAPS)
+
+
+def _drop_privileges(process: dict) -> None:
+    caps = process.get("capabilities", {})
+    bounding = _cap_mask(caps.get("bounding", []))
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = len(ALL_CAPS) - 1
+    for bit in range(last + 1):
+        if not bounding & (1 << bit):
+            syscalls.prctl(PR_CAPBSET_DROP, bit)
+    user = process["user"]
+    os.setgroups(list(user.get("additionalGids", [])))
+    os.setresgid(user["gid"], user["gid"], user["gid"])
+    os.setresuid(user["uid"], user["uid"], user["uid"])  # a non-zero uid loses its capabilities here
+    if user["uid"] == 0:
+        keep = _cap_mask(caps.get("permitted", [])) & bounding
+        effective = _cap_mask(caps.get("effective", [])) & keep
+        header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+        data = (_CapData * 2)(_CapData(effective & 0xFFFFFFFF, keep & 0xFFFFFFFF, 0),
+                              _CapData(effective >> 32, keep >> 32, 0))
+        if syscalls._lib().capset(ctypes.byref(header), data) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"capset: {os.strerror(err)}")
+    if process.get("noNewPrivileges"):
+        syscalls.prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _find_program(name: str, env: list[str]) -> str | None:
+    """execvp's search, done before dropping privileges so that the error is ours to word."""
+    if "/" in name:
+        return name if os.path.lexists(name) else None
+    path = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/bin:/bin")
+    for d in path.split(":"):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
