@@ -25,8 +25,11 @@ def make_client(ref: Reference, tls_verify: bool | None, credentials: tuple[str,
     from pinnace.registry.auth import load_credentials
     from pinnace.registry.client import RegistryClient
     from pinnace.registry.config import load_registries_config
+    config = load_registries_config()
+    if config.is_blocked(ref.registry):
+        raise RegistryError(f"{ref.registry} is blocked in {config.path or 'registries.conf'}")
     return RegistryClient(ref.registry, tls_verify=tls_verify, credentials=credentials or load_credentials(ref.name),
-                          config=load_registries_config())
+                          config=config)
 
 
 def pull_image(store: Store, opts: ImagePullOptions, progress: ProgressCallback = no_progress) -> ImagePullReport:

@@ -35,3 +35,11 @@ def test_pull_with_creds_flag_and_docker_config(pinnace, fixtures_info):
     token = base64.b64encode(f"{AUTH_USER}:{AUTH_PASSWORD}".encode()).decode()
     (docker / "config.json").write_text(json.dumps({"auths": {AUTH_REGISTRY: {"auth": token}}}))
     assert pinnace("pull", "-q", IMAGE).out.strip() == fixtures_info["busybox"]["config"][7:]
+
+
+def test_registries_conf_blocks_a_registry(pinnace):
+    conf = pinnace.home / ".config" / "containers"
+    conf.mkdir(parents=True)
+    (conf / "registries.conf").write_text(f'[[registry]]\nlocation = "{AUTH_REGISTRY}"\nblocked = true\n')
+    res = pinnace("pull", "--creds", f"{AUTH_USER}:{AUTH_PASSWORD}", IMAGE, check=False)
+    assert res.rc == 125 and "blocked" in res.err and len(res.err.strip().splitlines()) == 2  # "Trying…" + error
