@@ -94,11 +94,11 @@ def _container_init(spec: dict) -> None:
     except BaseException as exc:  # noqa: BLE001
         _report(f"container setup failed: {exc}")
         os._exit(EXIT_SETUP_FAILED)
-    for sig in range(1, signal.NSIG):  # the command starts with default dispositions, as after a fresh exec
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
+    if spec.get("annotations", {}).get(INIT_ANNOTATION) == "true":
+        command = os.fork()
+        if command != 0:
+            _init_loop(command)  # never returns
+    _default_signals()
     if program is None:
         _report(f"{process['args'][0]}: executable file not found in $PATH")
         os._exit(EXIT_NOT_FOUND)
@@ -107,6 +107,40 @@ def _container_init(spec: dict) -> None:
     except OSError as exc:
         _report(f"{process['args'][0]}: {exc.strerror}")
         os._exit(EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_CANNOT_INVOKE)
+
+
+# -- --init ------------------------------------------------------------------------------------------------
+INIT_ANNOTATION = "io.pinnace.init"
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+              signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
+
+
+def _default_signals() -> None:
+    for sig in range(1, signal.NSIG):  # the command starts with default dispositions, as after a fresh exec
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+
+
+def _init_loop(command: int) -> None:
+    """`--init`: stay pid 1, forward signals to the command (which, not being pid 1, can be killed by them),
+    reap every orphan, and exit with the command's status. Runs after pivot_root, so it uses only what is
+    already imported (os, signal)."""
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.kill(command, signum)
+        except ProcessLookupError:
+            pass
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        if pid == command:
+            os._exit(_exit_code(status))
 
 
 # -- filesystems --------------------------------------------------------------------------------------

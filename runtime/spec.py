@@ -50,6 +50,7 @@ class ProcessOptions:
     privileged: bool = False
     no_new_privileges: bool = True
     ulimits: tuple[str, ...] = ()            # "nofile=1024:2048"
+    init: bool = False                       # --init: a minimal pid 1 reaps orphans and forwards signals
     host_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -185,6 +186,7 @@ def build_spec(*, image_config: dict, opts: ProcessOptions, user: ExecUser, root
         namespaces.append({"type": "network"})
     return {
         "ociVersion": OCI_VERSION,
+        "annotations": {"io.pinnace.init": "true"} if opts.init else {},
         "process": {
             "terminal": opts.tty,
             "user": {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)},

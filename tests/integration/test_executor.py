@@ -90,3 +90,26 @@ def test_read_only_root_and_writes_in_the_upper_layer(image, tmp_path):
 def test_missing_user_is_a_setup_error(image, tmp_path):
     res = run(image, tmp_path, "true", user="ghost")
     assert res.returncode != 0 and "ghost" in res.stderr
+
+
+# an orphan (the backgrounded sleep, whose parent shell exits at once) is reparented to pid 1; a checker
+# counts zombies while the main command has become `sleep`, which never waits for anything
+ORPHAN = ("sh -c 'sleep 0.1 &'; (sleep 1; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l) & exec sleep 2")
+
+
+def test_init_forwards_signals_and_reaps_orphans(image, tmp_path):
+    # without --init the command is pid 1, which a signal sent from inside the namespace cannot kill
+    res = run(image, tmp_path, "sh", "-c", "kill -TERM $$; echo alive")
+    assert res.returncode == 0 and res.stdout == "alive\n"
+    res = run(image, tmp_path, "sh", "-c", "kill -TERM $$; echo alive", init=True)
+    assert res.returncode == 143 and res.stdout == ""
+    # an orphan is reparented to pid 1, which reaps it: no zombie is left
+    res = run(image, tmp_path, "sh", "-c", ORPHAN, init=True)
+    assert res.returncode == 0 and res.stdout.strip() == "0", res.stdout + res.stderr
+    assert run(image, tmp_path, "sh", "-c", "exit 7", init=True).returncode == 7
+
+
+def test_without_init_an_orphan_stays_a_zombie(image, tmp_path):
+    # the contrast that makes the reaping test above mean something: `sleep` as pid 1 reaps nothing
+    res = run(image, tmp_path, "sh", "-c", ORPHAN)
+    assert res.returncode == 0 and res.stdout.strip() == "1", res.stdout + res.stderr
