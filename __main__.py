@@ -6,6 +6,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["__supervise"]:  # hidden helper role: nothing else may load first (small RSS)
+        from pinnace.runtime.supervisor import main as supervise
+        return supervise(args[1:])
     if args in (["--version"], ["-v"]):
         from pinnace import __version__
         sys.stdout.write(f"pinnace version {__version__}\n")

@@ -14,13 +14,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import resource
 import signal
 import sys
 
 from pinnace.runtime import syscalls
-from pinnace.runtime.spec import ALL_CAPS
+from pinnace.runtime.caps import ALL_CAPS
 
 EXIT_NOT_FOUND, EXIT_CANNOT_INVOKE, EXIT_SETUP_FAILED = 127, 126, 125
 _NS_FLAGS = {"pid": syscalls.CLONE_NEWPID, "ipc": syscalls.CLONE_NEWIPC, "uts": syscalls.CLONE_NEWUTS,
@@ -41,6 +40,16 @@ class SetupError(Exception):
 
 def run_foreground(spec: dict) -> int:
     """Run the container described by `spec` with this process's stdio; return its exit code."""
+    return wait_exit(start(spec))
+
+
+def wait_exit(pid: int) -> int:
+    return _exit_code(os.waitpid(pid, 0)[1])
+
+
+def start(spec: dict, stdio: tuple[int, int, int] | None = None) -> int:
+    """Start the container; return the pid to wait for (its exit status is the container's).
+    `stdio`: file descriptors for the container's stdin, stdout and stderr (default: ours)."""
     flags = 0
     for ns in spec["linux"]["namespaces"]:
         flags |= _NS_FLAGS[ns["type"]]
@@ -50,6 +59,9 @@ def run_foreground(spec: dict) -> int:
     if child == 0:
         code = EXIT_SETUP_FAILED
         try:
+            if stdio is not None:
+                for target, fd in enumerate(stdio):
+                    os.dup2(fd, target)
             syscalls.unshare(flags)
             init = os.fork()  # the first child in a new pid namespace is its pid 1
             if init == 0:
@@ -59,7 +71,7 @@ def run_foreground(spec: dict) -> int:
             _report(f"container setup failed: {exc}")
         finally:
             os._exit(code)
-    return _exit_code(os.waitpid(child, 0)[1])
+    return child
 
 
 def _exit_code(status: int) -> int:
@@ -204,9 +216,10 @@ def _prepare_rootfs(spec: dict, rootfs: str) -> None:
 
 
 def _pivot(rootfs: str) -> None:
-    number = _PIVOT_ROOT.get(platform.machine())
+    machine = os.uname().machine
+    number = _PIVOT_ROOT.get(machine)
     if number is None:
-        raise SetupError(f"pivot_root: unsupported architecture {platform.machine()}")
+        raise SetupError(f"pivot_root: unsupported architecture {machine}")
     os.chdir(rootfs)
     # pivot_root(".", "."): the old root ends up stacked on the new one, then is detached
     if syscalls._lib().syscall(ctypes.c_long(number), b".", b".") < 0:

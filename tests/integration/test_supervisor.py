@@ -1,0 +1,78 @@
+"""The detached per-container supervisor: logs, exit file, and its memory (issue-3 groundwork)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from testenv import PINNACE_BIN, REGISTRY
+
+from pinnace.runtime.logfile import read_log
+
+pytestmark = pytest.mark.anyuser
+
+DRIVER = Path(__file__).resolve().parents[1] / "support" / "start_detached.py"
+BUSYBOX = f"{REGISTRY}/fixtures/busybox:latest"
+
+
+@pytest.fixture(scope="module")
+def image(module_pinnace):
+    module_pinnace("pull", "-q", BUSYBOX)
+    data = module_pinnace("image", "inspect", BUSYBOX).json()[0]
+    config = json.loads((module_pinnace.root / "blobs" / "sha256" / data["Id"][7:]).read_bytes())
+    return module_pinnace, data["GraphDriver"]["Data"]["LowerDir"], config
+
+
+def _base(pinnace) -> list[str]:
+    return [PINNACE_BIN, "--root", str(pinnace.root), "--runroot", str(pinnace.runroot)]
+
+
+def start(image, workdir: Path, *command: str) -> int:
+    pinnace, lowerdir, config = image
+    env = {**pinnace.env, "PINNACE_TEST_ROOTLESS": "1" if os.getuid() != 0 else "0",
+           "PYTHONPATH": str(DRIVER.parent)}
+    opts = json.dumps({"command": list(command), "image_config": config, "hostname": "box"})
+    res = subprocess.run([*_base(pinnace), "unshare", sys.executable, str(DRIVER), lowerdir, str(workdir), opts,
+                          str(pinnace.runroot)], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return int(res.stdout.strip())
+
+
+def wait_exit(workdir: Path, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    exit_file = workdir / "bundle" / "exit"
+    while not exit_file.exists():
+        assert time.monotonic() < deadline, "the container did not exit"
+        time.sleep(0.05)
+    return int(exit_file.read_text())
+
+
+@pytest.fixture
+def workdir(image, tmp_path):
+    yield tmp_path / "ctr"
+    subprocess.run([*_base(image[0]), "unshare", "umount", "-l", str(tmp_path / "ctr" / "merged")],
+                   capture_output=True, env=image[0].env)
+
+
+def test_detached_container_logs_and_exit_code(image, workdir):
+    start(image, workdir, "sh", "-c", "echo out; echo err >&2; echo -n partial; exit 3")
+    assert wait_exit(workdir) == 3
+    lines = read_log(str(workdir / "bundle" / "ctr.log"))
+    assert sorted((l.stream, l.text) for l in lines) == [("stderr", b"err\n"), ("stdout", b"out\n"),
+                                                        ("stdout", b"partial")]
+
+
+def test_supervisor_outlives_its_starter_and_stays_small(image, workdir):
+    pid = start(image, workdir, "sleep", "2")  # the starter (`pinnace unshare …`) has exited by now
+    with open(f"/proc/{pid}/stat") as f:
+        supervisor = int(f.read().rsplit(")", 1)[1].split()[1])
+    with open(f"/proc/{supervisor}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    rss_kib = int(status["VmRSS"].split()[0])
+    print(f"supervisor RSS {rss_kib} KiB")
+    assert rss_kib <= 12 * 1024, f"supervisor RSS {rss_kib} KiB"
+    assert wait_exit(workdir) == 0
