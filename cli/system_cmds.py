@@ -29,6 +29,7 @@ def info(ctx: typer.Context, fmt: str = typer.Option(None, "--format", "-f", hel
         else:
             lines.append("  idMappings: none (no /etc/subuid range: single-uid mapping, image owners are lost)")
         lines.append(f"  namespaceHolderPid: {host['namespaceHolderPid'] or 'not running'}")
+        lines += [f"  {dev}: {state}" for dev, state in host["devices"].items()]
     lines += ["store:", f"  graphRoot: {store['graphRoot']}", f"  runRoot: {store['runRoot']}",
               f"  graphDriverName: {store['graphDriverName']}", f"  imageCount: {store['imageCount']}",
               f"  configDir: {store['configDir']}"]

@@ -26,6 +26,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def device_access(path: str) -> str:
+    """'ok', or why an unprivileged user cannot use the device and how to fix it. /dev/fuse (the fuse
+    storage driver) and /dev/net/tun (slirp-style networking) are mode 0600 on some machines."""
+    import stat as _stat
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"missing (load the kernel module, e.g. `sudo modprobe {'fuse' if 'fuse' in path else 'tun'}`)"
+    if os.access(path, os.R_OK | os.W_OK):
+        return "ok"
+    return (f"not accessible (mode {_stat.S_IMODE(st.st_mode):04o}): ask an administrator to run "
+            f"`sudo chmod 666 {path}` (most distributions ship it 0666)")
+
+
 def system_info(store: Store) -> dict:
     from pinnace.runtime.userns import subid_ranges
     import pwd
@@ -54,6 +68,7 @@ def system_info(store: Store) -> dict:
             "idMappings": {"uidmap": ranges(mappings.uids), "gidmap": ranges(mappings.gids)} if mappings else None,
             "subordinateIds": bool(mappings) if store.config.rootless else None,
             "namespaceHolderPid": holder,
+            "devices": {path: device_access(path) for path in ("/dev/fuse", "/dev/net/tun")},
         },
         "store": {"graphRoot": str(store.layout.root), "runRoot": str(store.layout.runroot),
                   "configDir": str(config_dir()),

@@ -158,3 +158,16 @@ def test_single_uid_fallback_warns_once_and_records_lost_owners(pinnace, fixture
     assert pinnace("unshare", "stat", "-c", "%u:%g", f"{mnt}/data/owned-by-app.txt", env=env).out.strip() == "0:0"
     mappings = pinnace("unshare", "cat", "/proc/self/uid_map", env=env).out.split()
     assert mappings == ["0", str(os.getuid()), "1"]
+
+
+def test_info_explains_inaccessible_devices(pinnace, tmp_path):
+    from pinnace.engine.system import device_access
+    # .ci/run makes both 0666 (as normal distributions ship them): info says so
+    assert pinnace("info", "--format", "json").json()["host"]["devices"] == {"/dev/fuse": "ok", "/dev/net/tun": "ok"}
+    assert "modprobe" in device_access(str(tmp_path / "missing-device"))
+    if os.getuid() != 0:
+        private = tmp_path / "private"
+        private.write_text("")
+        private.chmod(0o000)
+        message = device_access(str(private))
+        assert "mode 0000" in message and f"sudo chmod 666 {private}" in message
