@@ -52,9 +52,10 @@ def version_cmd(fmt: str = typer.Option(None, "--format", "-f")) -> None:
 
 
 def _register() -> None:
-    from pinnace.cli import image_cmds, system_cmds
+    from pinnace.cli import image_cmds, system_cmds, volume_cmds
     image_cmds.register(app, image_app)
     system_cmds.register(app, system_app)
+    volume_cmds.register(app)
 
 
 # Boolean flags that Podman also accepts with a value (`--tls-verify=false`): typer takes them as strings,

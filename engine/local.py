@@ -88,6 +88,43 @@ class LocalEngine:
         self.store.layout.create_dirs()
         return self.store.layout.tmp_dir
 
+    # -- volumes ----------------------------------------------------------------------------------------
+    def volume_create(self, name: str | None, labels: tuple[str, ...] = (), options: tuple[str, ...] = (),
+                      driver: str = "local", ignore_existing: bool = False) -> dict:
+        from pinnace.engine.volumes import inspect_dict, parse_pairs, volume_store
+        from pinnace.errors import Conflict
+        self.store.open_for_write()
+        vs = volume_store(self.store)
+        try:
+            record = vs.create(name, labels=parse_pairs(labels, "label"), options=parse_pairs(options, "option"),
+                               driver=driver)
+        except Conflict:
+            if not ignore_existing:
+                raise
+            record = vs.get(name)
+        return inspect_dict(record)
+
+    def volume_list(self, filters: tuple[str, ...] = ()) -> list[dict]:
+        from pinnace.engine.volumes import inspect_dict, list_volumes
+        return [inspect_dict(v) for v in list_volumes(self.store, filters)]
+
+    def volume_inspect(self, name: str) -> dict:
+        from pinnace.engine.volumes import inspect_dict, volume_store
+        if not self.store.layout.db_path.exists():
+            from pinnace.errors import NotFound
+            raise NotFound(f"no such volume {name}")
+        return inspect_dict(volume_store(self.store).get(name))
+
+    def volume_remove(self, name: str, force: bool = False) -> None:
+        from pinnace.engine.volumes import volume_store
+        self.store.open_for_write()  # volume files may belong to any id of the user namespace
+        volume_store(self.store).remove(name, force=force)
+
+    def volume_prune(self, filters: tuple[str, ...] = ()) -> list[str]:
+        from pinnace.engine.volumes import prune_volumes
+        self.store.open_for_write()
+        return prune_volumes(self.store, filters)
+
     # -- registries -----------------------------------------------------------------------------------
     def login(self, opts: LoginOptions) -> Path:
         from pinnace.engine.auth import login

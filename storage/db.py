@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from pinnace.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: volumes (migrations are additive: the script only creates what is missing)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -54,6 +54,18 @@ CREATE TABLE IF NOT EXISTS layers (
     lost_owners INTEGER NOT NULL DEFAULT 0,
     skipped_devices INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS volumes (
+    name TEXT PRIMARY KEY,
+    driver TEXT NOT NULL,
+    created TEXT NOT NULL,              -- RFC 3339
+    labels TEXT NOT NULL,               -- JSON object
+    options TEXT NOT NULL               -- JSON object
+);
+CREATE TABLE IF NOT EXISTS container_volumes (  -- filled by the container engine (issue 3); rm/prune check it
+    container_id TEXT NOT NULL,
+    volume TEXT NOT NULL,
+    PRIMARY KEY (container_id, volume)
 );
 CREATE TABLE IF NOT EXISTS containers (     -- filled by the container engine (issue 3); images check it
     id TEXT PRIMARY KEY,

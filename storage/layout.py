@@ -49,6 +49,10 @@ class StoreLayout:
     def mounts_dir(self) -> Path:
         return self.runroot / "mounts"
 
+    @property
+    def volumes_dir(self) -> Path:
+        return self.root / "volumes"
+
     def blob_path(self, digest: str) -> Path:
         return self.blobs_dir / digest_hex(digest)
 
@@ -60,7 +64,7 @@ class StoreLayout:
 
     # What pinnace itself puts in root and runroot: `system reset` removes these and nothing else, since
     # --root/--runroot may name a directory that holds other things too.
-    ROOT_ENTRIES = ("state.db", "state.db-wal", "state.db-shm", "blobs", "layers", "locks", "tmp",
+    ROOT_ENTRIES = ("state.db", "state.db-wal", "state.db-shm", "blobs", "layers", "volumes", "locks", "tmp",
                     ".single-mapping-warned")
     RUNROOT_ENTRIES = ("mounts",)
 
