@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from pinnace.cli.state import engine
+from pinnace.cli.state import confirmed, engine
 
 
 def _tls(value: Optional[str]) -> Optional[bool]:
@@ -131,13 +131,9 @@ def prune(ctx: typer.Context,
           filter: List[str] = typer.Option([], "--filter")) -> None:
     """Remove dangling images (and unused ones with --all)."""
     from pinnace.engine.contract import ImagePruneOptions
-    if not force:
-        if not sys.stdin.isatty():
-            from pinnace.errors import InvalidArgument
-            raise InvalidArgument("image prune removes images: confirm on a terminal or pass --force")
-        what = "all images without at least one container" if all else "all dangling images"
-        if not typer.confirm(f"WARNING! This command removes {what}.\nAre you sure you want to continue?"):
-            return
+    what = "all images without at least one container" if all else "all dangling images"
+    if not confirmed(force, "image prune", f"This command removes {what}."):
+        return
     for iid in engine(ctx).image_prune(ImagePruneOptions(all=all, filters=tuple(filter))):
         typer.echo(iid.removeprefix("sha256:"))
 

@@ -24,3 +24,15 @@ class AppState:
 
 def engine(ctx: typer.Context):  # noqa: ANN201
     return ctx.find_root().obj.engine()
+
+
+def confirmed(force: bool, command: str, warning: str) -> bool:
+    """For destructive commands: --force, or a yes on a terminal. Without a terminal and without --force
+    they refuse (exit 125) rather than guess, so a script never deletes by accident."""
+    if force:
+        return True
+    import sys
+    if not sys.stdin.isatty():
+        from pinnace.errors import InvalidArgument
+        raise InvalidArgument(f"{command} deletes data: confirm on a terminal or pass --force")
+    return typer.confirm(f"WARNING! {warning}\nAre you sure you want to continue?")

@@ -6,7 +6,7 @@ from typing import List
 
 import typer
 
-from pinnace.cli.state import engine
+from pinnace.cli.state import confirmed, engine
 
 
 def info(ctx: typer.Context, fmt: str = typer.Option(None, "--format", "-f", help="json or a Go template.")) -> None:
@@ -54,14 +54,8 @@ def df(ctx: typer.Context, fmt: str = typer.Option(None, "--format", help="json 
 def reset(ctx: typer.Context, force: bool = typer.Option(False, "--force", "-f", help="Do not ask.")) -> None:
     """Remove all images, layers and state of this user's store."""
     eng = engine(ctx)
-    if not force:
-        if not sys.stdin.isatty():
-            from pinnace.errors import InvalidArgument
-            raise InvalidArgument("system reset removes every image: confirm on a terminal or pass --force")
-        if not typer.confirm(f"WARNING! This removes all images and state in {eng.config.root}.\n"
-                             "Are you sure you want to continue?"):
-            return
-    eng.system_reset()
+    if confirmed(force, "system reset", f"This removes all images, volumes and state in {eng.config.root}."):
+        eng.system_reset()
 
 
 def check(ctx: typer.Context, repair: bool = typer.Option(False, "--repair", "-r", help="Fix what is broken."),

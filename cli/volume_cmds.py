@@ -6,7 +6,7 @@ from typing import List
 
 import typer
 
-from pinnace.cli.state import engine
+from pinnace.cli.state import confirmed, engine
 
 
 def create(ctx: typer.Context, name: str = typer.Argument(None, metavar="[NAME]"),
@@ -57,13 +57,8 @@ def rm(ctx: typer.Context, names: List[str] = typer.Argument(..., metavar="VOLUM
 def prune(ctx: typer.Context, force: bool = typer.Option(False, "--force", "-f"),
           filter: List[str] = typer.Option([], "--filter")) -> None:
     """Remove volumes no container uses."""
-    if not force:
-        from pinnace.errors import InvalidArgument
-        if not sys.stdin.isatty():
-            raise InvalidArgument("volume prune removes volumes: confirm on a terminal or pass --force")
-        if not typer.confirm("WARNING! This removes all volumes not used by at least one container.\n"
-                             "Are you sure you want to continue?"):
-            return
+    if not confirmed(force, "volume prune", "This removes all volumes not used by at least one container."):
+        return
     for name in engine(ctx).volume_prune(tuple(filter)):
         typer.echo(name)
 

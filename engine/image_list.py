@@ -54,12 +54,14 @@ def reference_matches(pattern: str, name: str) -> bool:
     return any(fnmatch.fnmatchcase(c, pattern) for c in (name, repo, _familiar(name), _familiar(repo)))
 
 
-def parse_filters(filters: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+def parse_filters(filters: tuple[str, ...] | list[str], keys: tuple[str, ...] = FILTER_KEYS,
+                  what: str = "image") -> list[tuple[str, str]]:
+    """`--filter KEY=VALUE` arguments as (key, value) pairs; an unknown key is an error naming the known ones."""
     parsed = []
     for f in filters:
         key, sep, value = f.partition("=")
-        if not sep or key not in FILTER_KEYS:
-            raise InvalidArgument(f"invalid image filter {f!r} (supported: {'=, '.join(FILTER_KEYS)}=)")
+        if not sep or key not in keys:
+            raise InvalidArgument(f"invalid {what} filter {f!r} (supported: {'=, '.join(keys)}=)")
         parsed.append((key, value))
     return parsed
 

@@ -44,12 +44,8 @@ def _matches(store: VolumeStore, v: VolumeRecord, key: str, value: str) -> bool:
 
 
 def list_volumes(store: Store, filters: tuple[str, ...]) -> list[VolumeRecord]:
-    parsed = []
-    for f in filters:
-        key, sep, value = f.partition("=")
-        if not sep or key not in FILTER_KEYS:
-            raise InvalidArgument(f"invalid volume filter {f!r} (supported: {'=, '.join(FILTER_KEYS)}=)")
-        parsed.append((key, value))
+    from pinnace.engine.image_list import parse_filters
+    parsed = parse_filters(filters, FILTER_KEYS, "volume")
     if not store.layout.db_path.exists():
         return []
     vs = volume_store(store)

@@ -100,3 +100,13 @@ def module_pinnace(tmp_path_factory):
     p = Pinnace(base / "root", base / "run", base / "home")
     yield p
     p.close()
+
+
+@pytest.fixture(scope="module")
+def busybox_image(module_pinnace):
+    """(store, the image's LowerDir, its config) for tests that run the runtime on the fixture busybox."""
+    ref = f"{REGISTRY}/fixtures/busybox:latest"
+    module_pinnace("pull", "-q", ref)
+    data = module_pinnace("image", "inspect", ref).json()[0]
+    config = json.loads((module_pinnace.root / "blobs" / "sha256" / data["Id"][7:]).read_bytes())
+    return module_pinnace, data["GraphDriver"]["Data"]["LowerDir"], config

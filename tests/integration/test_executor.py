@@ -11,20 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from testenv import REGISTRY
 
 pytestmark = pytest.mark.anyuser
 
 DRIVER = Path(__file__).resolve().parents[1] / "support" / "run_container.py"
-BUSYBOX = f"{REGISTRY}/fixtures/busybox:latest"
 
 
 @pytest.fixture(scope="module")
-def image(module_pinnace):
-    module_pinnace("pull", "-q", BUSYBOX)
-    data = module_pinnace("image", "inspect", BUSYBOX).json()[0]
-    config = json.loads((module_pinnace.root / "blobs" / "sha256" / data["Id"][7:]).read_bytes())
-    return module_pinnace, data["GraphDriver"]["Data"]["LowerDir"], config
+def image(busybox_image):
+    return busybox_image
 
 
 def run(image, tmp_path, *command: str, **opts) -> subprocess.CompletedProcess:

@@ -9,22 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
-from testenv import PINNACE_BIN, REGISTRY
+from testenv import PINNACE_BIN
 
 from pinnace.runtime.logfile import read_log
 
 pytestmark = pytest.mark.anyuser
 
 DRIVER = Path(__file__).resolve().parents[1] / "support" / "start_detached.py"
-BUSYBOX = f"{REGISTRY}/fixtures/busybox:latest"
 
 
 @pytest.fixture(scope="module")
-def image(module_pinnace):
-    module_pinnace("pull", "-q", BUSYBOX)
-    data = module_pinnace("image", "inspect", BUSYBOX).json()[0]
-    config = json.loads((module_pinnace.root / "blobs" / "sha256" / data["Id"][7:]).read_bytes())
-    return module_pinnace, data["GraphDriver"]["Data"]["LowerDir"], config
+def image(busybox_image):
+    return busybox_image
 
 
 def _base(pinnace) -> list[str]:
