@@ -13,7 +13,13 @@ def main(argv: list[str] | None = None) -> int:
         from pinnace import __version__
         sys.stdout.write(f"pinnace version {__version__}\n")
         return 0
-    from pinnace.cli.fast import try_fast_path
+    from pinnace.cli.fast import split_globals, try_fast_path
+    split = split_globals(args)
+    if split is not None:
+        from pinnace.cli.container_cmds import lookup, run_command
+        found = lookup(split[1])
+        if found is not None:
+            return run_command(split[0], *found)
     code = try_fast_path(args)
     if code is None:
         from pinnace.cli.app import run

@@ -20,6 +20,27 @@ def _split_flag(arg: str) -> tuple[str, str | None]:
     return arg, None
 
 
+_GLOBAL_ANY = _GLOBAL_VALUE | {"--storage-driver", "--log-level"}
+
+
+def split_globals(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
+    """Global flags (all valued) and the rest; None when something else (--help, --version) comes first."""
+    globals_: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        flag, value = _split_flag(argv[i])
+        if flag not in _GLOBAL_ANY:
+            return None
+        if value is None:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            i += 1
+        globals_[flag] = value
+        i += 1
+    return globals_, argv[i:]
+
+
 def try_fast_path(argv: list[str]) -> int | None:
     """Run `argv` (without the program name) if it is a hot command in a simple form; else None."""
     globals_: dict[str, str] = {}

@@ -12,7 +12,8 @@ from pinnace.engine.config import EngineConfig
 from pinnace.engine.contract import (CheckReport, DiskUsageRow, HistoryEntry, ImageImportOptions, ImageListOptions,
                                      ImageLoadReport, ImagePruneOptions, ImagePullOptions, ImagePullReport,
                                      ImageRemoveOptions, ImageRemoveReport, ImageSaveOptions, ImageSummary,
-                                     LoginOptions, ProgressCallback, no_progress)
+                                     LoginOptions, ProgressCallback, no_progress, ContainerCreateOptions,
+                                     ContainerSummary, ExecOptions)
 from pinnace.engine.store import Store
 
 
@@ -87,6 +88,112 @@ class LocalEngine:
         """Where the CLI may spool a stream (stdin archives) on the store's filesystem."""
         self.store.layout.create_dirs()
         return self.store.layout.tmp_dir
+
+    # -- containers -------------------------------------------------------------------------------------
+    def container_create(self, opts: ContainerCreateOptions, progress: ProgressCallback = no_progress) -> str:
+        from pinnace.engine.container_create import create_container
+        return create_container(self.store, opts, progress)
+
+    def container_start(self, name: str, *, attach: bool = False) -> tuple[str, int | None]:
+        """Start; with `attach` also return a connected attach socket (the caller relays the stdio)."""
+        from pinnace.engine import containers
+        c, sock = containers.start(self.store, name, attach=attach)
+        return c.id, sock
+
+    def container_attach(self, name: str) -> int:
+        from pinnace.engine import containers
+        return containers.connect_attach(containers.get(self.store, name))
+
+    def container_stop(self, name: str, timeout: float | None = None) -> str:
+        from pinnace.engine import containers
+        return containers.stop(self.store, name, timeout).id
+
+    def container_kill(self, name: str, signal: str | None = None) -> str:
+        from pinnace.engine import containers
+        return containers.kill(self.store, name, containers.parse_signal(signal, default=9)).id
+
+    def container_remove(self, name: str, *, force: bool = False, volumes: bool = False,
+                         timeout: float | None = None) -> str:
+        from pinnace.engine import containers
+        return containers.remove(self.store, name, force=force, volumes=volumes, timeout=timeout)
+
+    def container_wait(self, name: str, conditions: tuple[str, ...] = ("stopped",)) -> int:
+        from pinnace.engine import containers
+        return containers.wait(self.store, name, conditions)
+
+    def container_list(self, *, all: bool = False, filters: tuple[str, ...] = ()) -> list[ContainerSummary]:
+        from pinnace.engine.container_view import list_containers
+        return list_containers(self.store, all=all, filters=filters)
+
+    def container_inspect(self, name: str) -> dict:
+        from pinnace.engine.container_view import inspect
+        return inspect(self.store, name)
+
+    def container_rename(self, name: str, new: str) -> None:
+        from pinnace.engine import containers
+        containers.rename(self.store, name, new)
+
+    def container_prune(self, filters: tuple[str, ...] = ()) -> list[str]:
+        from pinnace.engine import containers
+        return containers.prune(self.store, filters)
+
+    def container_cleanup(self, name: str) -> str:
+        from pinnace.engine import containers
+        return containers.cleanup(self.store, name).id
+
+    def container_pause(self, name: str) -> str:
+        from pinnace.engine import containers
+        return containers.pause(self.store, name).id
+
+    def container_unpause(self, name: str) -> str:
+        from pinnace.engine import containers
+        return containers.unpause(self.store, name).id
+
+    def container_logs(self, name: str, **kw: object):  # noqa: ANN201 - iterator of LogLine
+        from pinnace.engine.container_ops import logs
+        return logs(self.store, name, **kw)
+
+    def container_top(self, name: str) -> list[dict]:
+        from pinnace.engine.container_ops import top
+        return top(self.store, name)
+
+    def container_stats(self, name: str) -> dict:
+        from pinnace.engine.container_ops import stats
+        return stats(self.store, name)
+
+    def container_mount(self, name: str) -> Path:
+        from pinnace.engine.container_ops import mount
+        return mount(self.store, name)
+
+    def container_unmount(self, name: str) -> None:
+        from pinnace.engine.container_ops import unmount
+        unmount(self.store, name)
+
+    def container_exec(self, opts: ExecOptions, stdio: tuple[int, int, int] | None = None) -> int:
+        """Start a process in the container; the pid to wait for (`exec_wait`)."""
+        from pinnace.engine.container_ops import exec_start
+        return exec_start(self.store, opts, stdio)
+
+    def exec_wait(self, pid: int) -> int:
+        from pinnace.runtime.executor import wait_exit
+        return wait_exit(pid)
+
+    def container_diff(self, name: str) -> list[tuple[str, str]]:
+        from pinnace.engine.container_ops import diff
+        return diff(self.store, name)
+
+    def container_export(self, name: str, out: BinaryIO) -> None:
+        from pinnace.engine.container_ops import export
+        export(self.store, name, out)
+
+    def container_copy(self, src: str, dest: str, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        from pinnace.engine.container_ops import copy
+        copy(self.store, src, dest, stdin, stdout)
+
+    def container_commit(self, name: str, image: str | None, *, author: str = "", message: str = "",
+                         changes: tuple[str, ...] = (), pause: bool = True) -> str:
+        from pinnace.engine.container_ops import commit
+        return commit(self.store, name, image, author=author, message=message, changes=changes)
 
     # -- volumes ----------------------------------------------------------------------------------------
     def volume_create(self, name: str | None, labels: tuple[str, ...] = (), options: tuple[str, ...] = (),

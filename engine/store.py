@@ -79,6 +79,13 @@ class Store:
         self.layout.locks_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(self.layout.lock_path("store", "gc"), shared=shared)
 
+    def close_db(self) -> None:
+        """Close the connection (before a fork whose child must not share it); reopened on next use."""
+        db = self.__dict__.pop("db", None)
+        if db is not None:
+            db.close()
+        for part in ("layers", "images"):
+            self.__dict__.pop(part, None)
+
     def close(self) -> None:
-        if "db" in self.__dict__:
-            self.db.close()
+        self.close_db()

@@ -7,12 +7,14 @@ prepared rootfs, pivots into it, drops to the process user and capabilities, and
 Docker: the command's own, 128+N when killed by signal N, 127 when the command is not found, 126 when it
 cannot be invoked.
 
-Issue-3 groundwork: the supervisor, ttys, cgroups and networking build on this; no CLI command uses it yet.
+The supervisor (runtime/supervisor.py) starts containers with `start(direct=True)`; test drivers and
+`run_foreground` use the waiting form.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import resource
 import signal
@@ -32,6 +34,7 @@ _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
               ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore"))
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+CGROUP_ANNOTATION = "io.pinnace.cgroup"   # JSON {controller: dir} the container's processes go into
 
 
 class SetupError(Exception):
@@ -47,14 +50,19 @@ def wait_exit(pid: int) -> int:
     return _exit_code(os.waitpid(pid, 0)[1])
 
 
-def start(spec: dict, stdio: tuple[int, int, int] | None = None) -> int:
+def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool = False) -> int:
     """Start the container; return the pid to wait for (its exit status is the container's).
-    `stdio`: file descriptors for the container's stdin, stdout and stderr (default: ours)."""
+    `stdio`: file descriptors for the container's stdin, stdout and stderr (default: ours).
+    `direct`: return the container's init itself (the intermediate process exits at once), so that the
+    caller, which must be a child subreaper, waits for and signals the init directly (the supervisor)."""
     flags = 0
     for ns in spec["linux"]["namespaces"]:
         flags |= _NS_FLAGS[ns["type"]]
     sys.stdout.flush()
     sys.stderr.flush()
+    report_r, report_w = os.pipe() if direct else (-1, -1)
+    keep_id = spec.get("annotations", {}).get(KEEP_ID_ANNOTATION)
+    userns_sync = (os.pipe(), os.pipe()) if keep_id else None
     child = os.fork()
     if child == 0:
         code = EXIT_SETUP_FAILED
@@ -62,16 +70,85 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None) -> int:
             if stdio is not None:
                 for target, fd in enumerate(stdio):
                     os.dup2(fd, target)
+            if userns_sync is not None:
+                _enter_own_userns(userns_sync)
+            cgroup = spec.get("annotations", {}).get(CGROUP_ANNOTATION)
+            if cgroup:  # before unshare(CLONE_NEWCGROUP): the container's cgroup becomes its cgroup root
+                from pinnace.runtime import cgroups
+                cgroups.enter(cgroups.from_json(json.loads(cgroup)).paths)
             syscalls.unshare(flags)
             init = os.fork()  # the first child in a new pid namespace is its pid 1
             if init == 0:
+                if direct:
+                    os.close(report_r)
+                    os.close(report_w)
                 _container_init(spec)  # never returns
-            code = _exit_code(os.waitpid(init, 0)[1])
+            if direct:
+                os.write(report_w, f"{init}\n".encode())
+                code = 0
+            else:
+                code = _exit_code(os.waitpid(init, 0)[1])
         except BaseException as exc:  # noqa: BLE001 - a forked child must never return into the caller
             _report(f"container setup failed: {exc}")
         finally:
             os._exit(code)
-    return child
+    if userns_sync is not None:
+        _map_own_userns(child, keep_id, userns_sync)
+    if not direct:
+        return child
+    os.close(report_w)
+    try:
+        data = b""
+        while chunk := os.read(report_r, 64):
+            data += chunk
+    finally:
+        os.close(report_r)
+    os.waitpid(child, 0)
+    if not data.strip():
+        raise SetupError("the container's init did not start")
+    return int(data)
+
+
+KEEP_ID_ANNOTATION = "io.pinnace.keep-id"
+
+
+def _enter_own_userns(sync: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    """--userns=keep-id, in the container's first process: a user namespace of its own, mapped by the
+    parent (which is root of the per-user namespace and may map any of its ids)."""
+    (ready_r, ready_w), (go_r, go_w) = sync
+    os.close(ready_r)
+    os.close(go_w)
+    syscalls.unshare(syscalls.CLONE_NEWUSER)
+    os.write(ready_w, b"1")
+    os.close(ready_w)
+    if os.read(go_r, 1) != b"1":
+        raise SetupError("the user namespace for --userns=keep-id was not mapped")
+    os.close(go_r)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def _map_own_userns(child: int, keep_id: str, sync: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    """Map container id U (the user's own uid) to 0 of the per-user namespace, which is the user on the
+    host; container ids 0..U-1 to 1..U, and the rest to themselves."""
+    (ready_r, ready_w), (go_r, go_w) = sync
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            return
+        for kind, own in zip(("uid", "gid"), (int(x) for x in keep_id.split(":"))):
+            with open(f"/proc/self/{kind}_map") as f:
+                total = sum(int(line.split()[2]) for line in f if line.strip())
+            lines = [f"0 1 {own}", f"{own} 0 1"]
+            if total - 1 - own > 0:
+                lines.append(f"{own + 1} {own + 1} {total - 1 - own}")
+            with open(f"/proc/{child}/{kind}_map", "w") as f:
+                f.write("\n".join(lines) + "\n")
+        os.write(go_w, b"1")
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
 
 
 def _exit_code(status: int) -> int:
@@ -98,6 +175,11 @@ def _container_init(spec: dict) -> None:
         if spec.get("hostname"):
             _sethostname(spec["hostname"])
         process = spec["process"]
+        if process.get("terminal"):
+            import fcntl
+            import termios
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pty slave on stdin becomes the controlling terminal
         for limit in process.get("rlimits", []):
             resource.setrlimit(getattr(resource, limit["type"]), (limit["soft"], limit["hard"]))
         program = _find_program(process["args"][0], process["env"])
@@ -156,18 +238,23 @@ def _init_loop(command: int) -> None:
 
 
 # -- filesystems --------------------------------------------------------------------------------------
-def _inside(rootfs: str, dest: str) -> str:
-    """The host path of `dest` below rootfs, creating directories; refuses to pass through a symlink of
-    the image (which could point anywhere on the host)."""
+def _inside(rootfs: str, dest: str, *, file: bool = False) -> str:
+    """The host path of `dest` below rootfs, creating directories (and the last part as an empty file
+    when a file is to be bound there); refuses to pass through a symlink of the image (which could
+    point anywhere on the host)."""
     path = rootfs
-    for part in [p for p in dest.split("/") if p and p != "."]:
+    parts = [p for p in dest.split("/") if p and p != "."]
+    for i, part in enumerate(parts):
         if part == "..":
             raise SetupError(f"mount destination {dest!r} leaves the container")
         path = os.path.join(path, part)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            os.mkdir(path, 0o755)
+            if file and i == len(parts) - 1:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+            else:
+                os.mkdir(path, 0o755)
             continue
         if os.path.islink(path):
             raise SetupError(f"mount destination {dest!r} goes through a symlink in the image")
@@ -191,9 +278,10 @@ def _prepare_rootfs(spec: dict, rootfs: str) -> None:
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None)
     syscalls.mount(rootfs, rootfs, None, syscalls.MS_BIND | syscalls.MS_REC, None)  # pivot_root wants a mount
     for m in spec.get("mounts", []):
-        target = _inside(rootfs, m["destination"])
         flags, data = _options(m.get("options", []))
-        if flags & syscalls.MS_BIND or m.get("type") == "bind":
+        is_bind = bool(flags & syscalls.MS_BIND) or m.get("type") == "bind"
+        target = _inside(rootfs, m["destination"], file=is_bind and not os.path.isdir(m["source"]))
+        if is_bind:
             syscalls.mount(m["source"], target, None, syscalls.MS_BIND | (flags & syscalls.MS_REC), None)
             if flags & ~(syscalls.MS_BIND | syscalls.MS_REC):
                 syscalls.mount(None, target, None, syscalls.MS_BIND | syscalls.MS_REMOUNT
@@ -211,6 +299,11 @@ def _prepare_rootfs(spec: dict, rootfs: str) -> None:
         link = os.path.join(dev, name)
         if not os.path.lexists(link):
             os.symlink(target, link)
+    if spec["process"].get("terminal"):
+        console = os.path.join(dev, "console")  # the supervisor's pty slave, as runc binds it
+        if not os.path.lexists(console):
+            os.close(os.open(console, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        syscalls.mount(os.ttyname(0), console, None, syscalls.MS_BIND, None)
     cwd = spec["process"].get("cwd") or "/"
     _inside(rootfs, cwd)  # Docker creates a missing working directory
 

@@ -1,47 +1,84 @@
-"""The per-container supervisor (conmon's job): `pinnace __supervise BUNDLE RUNROOT SYNC_FD`.
+"""The per-container supervisor (conmon's job).
 
-Started detached by `start_supervisor` (setsid, stdio on /dev/null), it joins the user namespace holder,
-becomes a child subreaper, starts the container with its stdout/stderr on pipes, tells the starter
-"started PID" on the sync pipe and exits the CLI's concern: from then on it copies the output into the
-container log (runtime/logfile.py) and, when the container exits, writes the exit code to BUNDLE/exit
-(temp + rename) and ends. Kept small: only os, json, select, signal and the runtime modules it needs
-(measured ~10 MB RSS idle). Issue-3 groundwork: attach, ttys, restart policies and cleanup come next.
+One per running container, detached from the CLI (setsid, stdio on /dev/null), a child subreaper. It
+starts the container (`executor.start(direct=True)`, so the container's init is its own child), holds the
+container's stdio (pipes, or a pty with `-t`), writes the log, serves the `attach` socket (frames of
+runtime/attach_proto.py), runs healthchecks, records the state (`state.json`) and, when the container
+exits, applies the restart policy or cleans up: unmount, `--rm`, then tells attached clients the exit code.
+That last callback is what keeps pinnace daemonless.
+
+Two ways in: `run` (attached) forks it from the CLI without exec — the CLI has already joined the
+namespaces and loaded the modules, so the container starts ~25 ms sooner; `run -d`/`start` exec a fresh
+`pinnace __supervise DIR SYNC_FD` which imports only what it needs (~11 MiB RSS idle).
+Configuration comes from the annotations of config.json (io.pinnace.*), written by the engine.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import sys
+import time
 
-LOG_NAME, EXIT_NAME, CONFIG_NAME = "ctr.log", "exit", "config.json"
+from pinnace.runtime import attach_proto as proto
+from pinnace.runtime import ctrstate
+
+LOG_NAME, CONFIG_NAME, SOCKET_NAME, LOCK_NAME = "ctr.log", "config.json", "attach", "lock"
+STOP_MARK = "stop-requested"      # `stop`/`kill` leave it: a restart policy does not apply afterwards
+HEALTH_NAME = "health.json"
+ANN = "io.pinnace."
 
 
-def start_supervisor(bundle: str, runroot: str, timeout: float = 30.0) -> int:
-    """Start a detached supervisor for the container in `bundle`; return the container's pid.
-    Must be called from a single-threaded process (it forks)."""
+def _reset_child_state(keep: set[int]) -> None:
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    top = max(keep | {2}) + 1
+    for fd in range(3, top):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    os.closerange(top, 1 << 16)
+
+
+def start_supervisor(container_dir: str, runroot: str, *, fresh: bool, client_fd: int | None = None,
+                     timeout: float = 30.0) -> tuple[int, int]:
+    """Start the supervisor of the container in `container_dir`; return (supervisor pid, container pid).
+    `fresh`: exec a new small process (detached containers); else fork this one (attached `run`).
+    `client_fd`: a socket that becomes the first attached client (the other end stays with the caller).
+    Must be called from a single-threaded process that has joined the user namespace (rootless)."""
     import select
     from pinnace.errors import PinnaceError
     read_fd, write_fd = os.pipe()
-    if getattr(sys, "frozen", False):
-        argv = [sys.executable, "__supervise", bundle, runroot, str(write_fd)]
-    else:
-        # -c rather than -m: runpy and importlib.util would stay in the supervisor's memory
-        argv = [sys.executable, "-I", "-c", "import sys; from pinnace.__main__ import main; sys.exit(main())",
-                "__supervise", bundle, runroot, str(write_fd)]
+    keep = {write_fd} | ({client_fd} if client_fd is not None else set())
     child = os.fork()
     if child == 0:
+        code = 127
         try:
-            os.setsid()
+            _reset_child_state(keep)
             if os.fork() != 0:
                 os._exit(0)  # the supervisor is reparented at once: nobody has to reap it
-            null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.closerange(3, write_fd)
-            os.closerange(write_fd + 1, 1 << 16)
-            os.set_inheritable(write_fd, True)
-            os.execv(argv[0], argv)
+            if fresh:
+                os.set_inheritable(write_fd, True)
+                if getattr(sys, "frozen", False):
+                    argv = [sys.executable, "__supervise", container_dir, runroot, str(write_fd)]
+                else:
+                    # -c rather than -m: runpy and importlib.util would stay in the supervisor's memory
+                    argv = [sys.executable, "-I", "-c",
+                            "import sys; from pinnace.__main__ import main; sys.exit(main())",
+                            "__supervise", container_dir, runroot, str(write_fd)]
+                os.execv(argv[0], argv)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGWINCH):
+                signal.signal(sig, signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL)
+            code = supervise(container_dir, write_fd, client_fd)
+        except BaseException:  # noqa: BLE001 - a forked child never returns into the CLI
+            pass
         finally:
-            os._exit(127)
+            os._exit(code)
     os.close(write_fd)
     os.waitpid(child, 0)
     try:
@@ -50,55 +87,345 @@ def start_supervisor(bundle: str, runroot: str, timeout: float = 30.0) -> int:
     finally:
         os.close(read_fd)
     if message.startswith("started "):
-        return int(message.split()[1])
-    raise PinnaceError(f"the container supervisor failed to start: {message or 'no answer'}")
+        _, sup, pid = message.split()
+        return int(sup), int(pid)
+    raise PinnaceError(f"the container supervisor failed to start: {message.removeprefix('error ') or 'no answer'}")
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the hidden `__supervise` role (dispatched in __main__ before anything heavy)."""
-    import json
-    import select
-    bundle, runroot, sync_fd = argv[0], argv[1], int(argv[2])
+    """Entry point of the hidden `__supervise DIR RUNROOT SYNC_FD` role (dispatched first in __main__)."""
+    container_dir, runroot, sync_fd = argv[0], argv[1], int(argv[2])
     try:
         if os.geteuid() != 0:
             from pinnace.runtime.userns import ensure_joined
             ensure_joined(runroot)  # first: setns needs a single thread
-        from pinnace.runtime import executor, syscalls
-        from pinnace.runtime.logfile import LogWriter
-        with open(os.path.join(bundle, CONFIG_NAME)) as f:
-            spec = json.load(f)
-        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the container come back to us
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        null = os.open("/dev/null", os.O_RDONLY)
-        pid = executor.start(spec, stdio=(null, out_w, err_w))
-        for fd in (out_w, err_w, null):
-            os.close(fd)
-        log = LogWriter(os.path.join(bundle, LOG_NAME))
     except BaseException as exc:  # noqa: BLE001 - told to the starter, which reports it
         os.write(sync_fd, f"error {exc}".encode())
         return 1
-    os.write(sync_fd, f"started {pid}\n".encode())
-    os.close(sync_fd)
-    streams = {out_r: "stdout", err_r: "stderr"}
-    while streams:
-        ready, _, _ = select.select(list(streams), [], [])
-        for fd in ready:
-            data = os.read(fd, 65536)
-            if data:
-                log.write(streams[fd], data)
-            else:
-                os.close(fd)
-                del streams[fd]
-    code = executor.wait_exit(pid)
-    log.close()
-    while True:  # reap whatever else was reparented to us
+    return supervise(container_dir, sync_fd, None)
+
+
+def supervise(container_dir: str, sync_fd: int, client_fd: int | None) -> int:
+    try:
+        sup = Supervisor(container_dir, client_fd)
+        pid = sup.launch()
+    except BaseException as exc:  # noqa: BLE001
         try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
+            os.write(sync_fd, f"error {exc}".encode())
+        except OSError:
+            pass
+        return 1
+    os.write(sync_fd, f"started {os.getpid()} {pid}\n".encode())
+    os.close(sync_fd)
+    return sup.loop()
+
+
+class Supervisor:
+    def __init__(self, container_dir: str, client_fd: int | None):
+        from pinnace.runtime import syscalls
+        from pinnace.runtime.logfile import LogWriter
+        self.dir = container_dir
+        os.chdir(container_dir)  # the attach socket is bound by relative name: sun_path is only 108 bytes
+        with open(CONFIG_NAME) as f:
+            self.spec = json.load(f)
+        ann = self.spec.get("annotations", {})
+        self.tty = bool(self.spec["process"].get("terminal"))
+        self.open_stdin = ann.get(ANN + "stdin") == "true"
+        self.restart = ann.get(ANN + "restart", "no") or "no"
+        self.autoremove = ann.get(ANN + "autoremove") == "true"
+        max_size = int(ann.get(ANN + "log-max-size") or 0)
+        self.log = LogWriter(os.path.join(container_dir, LOG_NAME), max_size or None)
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the container come back to us
+        self.clients: dict[int, proto.FrameReader] = {}
+        if client_fd is not None:
+            self.clients[client_fd] = proto.FrameReader()
+        try:
+            os.unlink(SOCKET_NAME)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(SOCKET_NAME)
+        finally:
+            os.umask(old)
+        self.listener.listen(16)
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        self.outputs: dict[int, str] = {}
+        self.stdin_fd: int | None = None
+        self.master: int | None = None
+        self.pid = 0
+        self.restarts = int(ctrstate.read_state(container_dir).get("restart_count") or 0)
+        self.health = self._health_monitor(ann.get(ANN + "health"))
+        self.health_pid = 0
+        self.health_fd: int | None = None
+
+    # -- the container ------------------------------------------------------------------------------
+    def _health_monitor(self, raw: str | None):  # noqa: ANN202 - HealthMonitor | None
+        if not raw:
+            return None
+        from pinnace.runtime import health
+        return health.HealthMonitor(os.path.join(self.dir, HEALTH_NAME), health.from_json(json.loads(raw)),
+                                    self.spec["process"])
+
+    def launch(self) -> int:
+        from pinnace.runtime import executor
+        null = os.open("/dev/null", os.O_RDWR)
+        child_fds = [null]
+        try:
+            if self.tty:
+                self.master, slave = os.openpty()
+                child_fds.append(slave)
+                stdio = (slave, slave, slave)
+                self.outputs = {self.master: "stdout"}
+                self.stdin_fd = self.master
+            else:
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                child_fds += [out_w, err_w]
+                stdin = null
+                if self.open_stdin:
+                    in_r, self.stdin_fd = os.pipe()
+                    child_fds.append(in_r)
+                    stdin = in_r
+                stdio = (stdin, out_w, err_w)
+                self.outputs = {out_r: "stdout", err_r: "stderr"}
+            self.pid = executor.start(self.spec, stdio, direct=True)
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        ctrstate.update_state(self.dir, status=ctrstate.RUNNING, pid=self.pid, pid_start=ctrstate.start_time(self.pid),
+                              supervisor_pid=os.getpid(), supervisor_start=ctrstate.start_time(os.getpid()),
+                              started_at=ctrstate.now_rfc3339(), restart_count=self.restarts, error="")
+        return self.pid
+
+    def loop(self) -> int:
+        try:
+            return self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a supervisor bug must not leave a running orphan
+            try:
+                ctrstate.update_state(self.dir, error=f"supervisor failed: {type(exc).__name__}: {exc}")
+                if self.pid:
+                    os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self._finish(125)
+            return 1
+
+    def _loop(self) -> int:
+        while True:
+            started = time.monotonic()
+            code = self._run_until_exit()
+            if self._should_restart(code):
+                self.restarts += 1
+                ran = time.monotonic() - started
+                delay = 0.1 * (2 ** min(self.restarts - 1, 9)) if ran < 10 else 0.1  # Docker's backoff
+                ctrstate.update_state(self.dir, status=ctrstate.EXITED, exit_code=code, pid=0,
+                                      finished_at=ctrstate.now_rfc3339(), restart_count=self.restarts)
+                self._send_exit(code)
+                time.sleep(min(delay, 60.0))
+                if self._stop_requested():
+                    break
+                try:
+                    self.launch()
+                    continue
+                except BaseException as exc:  # noqa: BLE001
+                    ctrstate.update_state(self.dir, error=f"restart failed: {exc}")
+                    code = 125
             break
-    tmp = os.path.join(bundle, f".{EXIT_NAME}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(f"{code}\n")
-    os.replace(tmp, os.path.join(bundle, EXIT_NAME))
-    return 0
+        self._finish(code)
+        return 0
+
+    def _stop_requested(self) -> bool:
+        return os.path.exists(STOP_MARK)
+
+    def _should_restart(self, code: int) -> bool:
+        if self._stop_requested():
+            return False
+        policy, _, count = self.restart.partition(":")
+        if policy in ("always", "unless-stopped"):
+            return True
+        if policy == "on-failure" and code != 0:
+            return not count or self.restarts < int(count)
+        return False
+
+    # -- the event loop -----------------------------------------------------------------------------
+    def _run_until_exit(self) -> int:
+        import select
+        code: int | None = None
+        while code is None or self.outputs:
+            fds = [self.wake_r, self.listener.fileno(), *self.clients, *self.outputs]
+            if self.health_fd is not None:
+                fds.append(self.health_fd)
+            timeout = None
+            if self.health is not None and code is None:
+                timeout = max(0.0, self.health.due(time.monotonic()))
+            if code is not None:
+                timeout = 0.5  # draining: a process that kept the pipe open after init died
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if not ready and code is not None:
+                break
+            for fd in ready:
+                if fd == self.wake_r:
+                    try:
+                        os.read(self.wake_r, 512)
+                    except BlockingIOError:
+                        pass
+                elif fd == self.listener.fileno():
+                    conn, _ = self.listener.accept()
+                    self.clients[conn.detach()] = proto.FrameReader()
+                elif fd in self.clients:
+                    self._client_input(fd)
+                elif fd in self.outputs:
+                    self._copy_output(fd)
+                elif fd == self.health_fd:
+                    self._health_output()
+            reaped = self._reap()
+            if reaped is not None and code is None:
+                code = reaped
+            if self.health is not None and code is None:
+                self._health_tick()
+        for fd in list(self.outputs):
+            os.close(fd)
+        self.outputs = {}
+        if self.stdin_fd is not None and self.stdin_fd != self.master:
+            os.close(self.stdin_fd)
+        if self.master is not None:
+            os.close(self.master)
+        self.stdin_fd = self.master = None
+        return code
+
+    def _reap(self) -> int | None:
+        from pinnace.runtime.executor import _exit_code
+        code = None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == self.pid:
+                code = _exit_code(status)
+            elif pid == self.health_pid and self.health is not None:
+                self.health.on_exit(status)
+                self.health_pid = 0
+        return code
+
+    def _copy_output(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the pty's last holder closed it
+            data = b""
+        if not data:
+            os.close(fd)
+            del self.outputs[fd]
+            if fd == self.master:
+                self.master = self.stdin_fd = None
+            return
+        stream = self.outputs[fd]
+        self.log.write(stream, data)
+        payload = proto.frame(proto.OUT if stream == "stdout" else proto.ERR, data)
+        for client in list(self.clients):
+            self._send(client, payload)
+
+    def _send(self, client: int, payload: bytes) -> None:
+        try:
+            proto.send_all(client, payload)
+        except OSError:
+            self._drop(client)
+
+    def _drop(self, client: int) -> None:
+        self.clients.pop(client, None)
+        try:
+            os.close(client)
+        except OSError:
+            pass
+
+    def _client_input(self, client: int) -> None:
+        try:
+            data = os.read(client, 65536)
+            frames = self.clients[client].feed(data) if data else None
+        except (OSError, ValueError):
+            frames = None
+        if frames is None:  # the client went away (or detached): the container goes on
+            self._drop(client)
+            return
+        for kind, payload in frames:
+            if kind == proto.STDIN and self.stdin_fd is not None:
+                try:
+                    proto.send_all(self.stdin_fd, payload)
+                except OSError:
+                    pass
+            elif kind == proto.STDIN_EOF and self.stdin_fd is not None and not self.tty:
+                os.close(self.stdin_fd)
+                self.stdin_fd = None
+            elif kind == proto.RESIZE and self.master is not None:
+                import fcntl
+                import struct
+                import termios
+                rows, cols = proto.parse_resize(payload)
+                fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            elif kind == proto.SIGNAL and payload and self.pid:
+                try:
+                    os.kill(self.pid, payload[0])
+                except ProcessLookupError:
+                    pass
+
+    # -- healthchecks -------------------------------------------------------------------------------
+    def _health_tick(self) -> None:
+        now = time.monotonic()
+        self.health.tick(now)
+        if self.health_pid == 0 and self.health.due(now) <= 0:
+            started = self.health.start(self.pid)
+            if started is not None:
+                self.health_pid, self.health_fd = started
+
+    def _health_output(self) -> None:
+        try:
+            data = os.read(self.health_fd, 65536)
+        except OSError:
+            data = b""
+        if data:
+            self.health.on_output(data)
+        else:
+            os.close(self.health_fd)
+            self.health_fd = None
+
+    # -- the end ----------------------------------------------------------------------------------------
+    def _send_exit(self, code: int) -> None:
+        for client in list(self.clients):
+            self._send(client, proto.frame(proto.EXIT, str(code).encode()))
+            self._drop(client)
+
+    def _finish(self, code: int) -> None:
+        """Record the exit, then clean up under the container's lock (a concurrent `rm -f` waits for
+        us), then tell attached clients: when `run --rm` returns, nothing is left."""
+        import fcntl
+        self.log.close()
+        self.listener.close()
+        try:
+            os.unlink(SOCKET_NAME)
+        except OSError:
+            pass
+        lock = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        error = ""
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ctrstate.update_state(self.dir, status=ctrstate.EXITED, exit_code=code, pid=0,
+                                  finished_at=ctrstate.now_rfc3339(), supervisor_pid=0)
+            ann = self.spec.get("annotations", {})
+            from pinnace.engine.container_cleanup import cleanup_after_exit
+            cleanup_after_exit(ann[ANN + "root"], ann[ANN + "runroot"], ann[ANN + "id"], remove=self.autoremove)
+        except BaseException as exc:  # noqa: BLE001 - recorded for `inspect`; the exit code still goes out
+            error = str(exc)
+        finally:
+            os.close(lock)
+        if error and not self.autoremove:
+            try:
+                ctrstate.update_state(self.dir, error=f"cleanup: {error}")
+            except OSError:
+                pass
+        self._send_exit(code)

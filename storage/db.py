@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from pinnace.errors import StorageError
 
-SCHEMA_VERSION = 2  # 2: volumes (migrations are additive: the script only creates what is missing)
+SCHEMA_VERSION = 3  # 2: volumes, 3: container records (migrations are additive: the script only creates what is missing)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -71,6 +71,11 @@ CREATE TABLE IF NOT EXISTS containers (     -- filled by the container engine (i
     id TEXT PRIMARY KEY,
     name TEXT UNIQUE NOT NULL,
     image_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS container_records (  -- the immutable part of a container (JSON); state lives in state.json
+    id TEXT PRIMARY KEY REFERENCES containers(id) ON DELETE CASCADE,
+    created REAL NOT NULL,
+    record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS image_layers_diff ON image_layers(diff_id);
 CREATE INDEX IF NOT EXISTS image_blobs_digest ON image_blobs(digest);

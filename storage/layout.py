@@ -50,6 +50,10 @@ class StoreLayout:
         return self.runroot / "mounts"
 
     @property
+    def containers_dir(self) -> Path:
+        return self.root / "containers"
+
+    @property
     def volumes_dir(self) -> Path:
         return self.root / "volumes"
 
@@ -64,7 +68,7 @@ class StoreLayout:
 
     # What pinnace itself puts in root and runroot: `system reset` removes these and nothing else, since
     # --root/--runroot may name a directory that holds other things too.
-    ROOT_ENTRIES = ("state.db", "state.db-wal", "state.db-shm", "blobs", "layers", "volumes", "locks", "tmp",
+    ROOT_ENTRIES = ("state.db", "state.db-wal", "state.db-shm", "blobs", "layers", "containers", "volumes", "locks", "tmp",
                     ".single-mapping-warned")
     RUNROOT_ENTRIES = ("mounts",)
 

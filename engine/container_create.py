@@ -1,0 +1,253 @@
+"""`create` (and the first half of `run`): from options and an image to a container directory with its
+rootfs mounted, its config.json written and its record in the database.
+
+Order matters for crash safety: the record is inserted first (it reserves the name atomically), then the
+directory is filled; any failure removes both, and a CLI killed halfway leaves a record that `ps -a` shows
+as created and `rm` removes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pinnace.engine.contract import ContainerCreateOptions, ProgressCallback, no_progress
+from pinnace.engine.store import Store
+from pinnace.errors import ImageNotFound, InvalidArgument, PinnaceError
+from pinnace.runtime import ctrstate
+
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+ANN = "io.pinnace."
+
+
+def parse_restart(text: str) -> str:
+    policy, sep, count = text.partition(":")
+    if policy not in RESTART_POLICIES or (sep and (policy != "on-failure" or not count.isdigit())):
+        raise InvalidArgument(f"invalid restart policy {text!r} (no, on-failure[:N], always, unless-stopped)")
+    return text
+
+
+def parse_size(text: str) -> int:
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    t = text.strip().lower().removesuffix("b") or "0"
+    mult = units.get(t[-1], None)
+    number = t[:-1] if mult else t
+    try:
+        value = int(float(number) * (mult or 1))
+    except ValueError:
+        raise InvalidArgument(f"invalid size {text!r} (e.g. 10m, 1g)") from None
+    if value <= 0:
+        raise InvalidArgument(f"invalid size {text!r}: must be positive")
+    return value
+
+
+def _read_env_files(paths: tuple[str, ...]) -> list[str]:
+    env = []
+    for path in paths:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read env file {path}: {exc.strerror}") from None
+        env += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return env
+
+
+def find_or_pull_image(store: Store, opts: ContainerCreateOptions, progress: ProgressCallback) -> tuple[str, str]:
+    """(image id, the name the user gave, canonical when it was a name)."""
+    from pinnace.engine.resolve import resolve_image
+    if opts.pull not in ("missing", "always", "never", "newer"):
+        raise InvalidArgument(f"invalid --pull policy {opts.pull!r} (missing, always, never)")
+    if opts.pull != "always":
+        try:
+            iid, name = resolve_image(store.images, opts.image)
+            return iid, name or opts.image
+        except ImageNotFound:
+            if opts.pull == "never":
+                raise ImageNotFound(f"{opts.image}: no such image (and --pull=never)") from None
+    from pinnace.engine.contract import ImagePullOptions
+    from pinnace.engine.pull import pull_image
+    report = pull_image(store, ImagePullOptions(opts.image, platform=opts.platform), progress)
+    return report.image_id, report.reference
+
+
+def _etc_files(cdir: Path, opts: ContainerCreateOptions, hostname: str) -> list[dict]:
+    """/etc/hosts, /etc/hostname and /etc/resolv.conf of the container, bound from its directory."""
+    hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    hosts.append(f"127.0.1.1\t{hostname}")
+    for item in opts.add_hosts:
+        name, sep, ip = item.partition(":")
+        if not sep or not name or not ip:
+            raise InvalidArgument(f"invalid --add-host {item!r} (name:ip)")
+        hosts.append(f"{ip}\t{name}")
+    if opts.dns:
+        resolv = "".join(f"nameserver {d}\n" for d in opts.dns)
+    else:
+        try:
+            resolv = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            resolv = ""
+        if opts.network != "host":
+            # a loopback resolver on the host is unreachable from the container's own network
+            lines = [l for l in resolv.splitlines() if not l.startswith("nameserver 127.")]
+            resolv = "\n".join(lines) + "\n" if lines else ""
+    files = {"hosts": "\n".join(hosts) + "\n", "hostname": hostname + "\n", "resolv.conf": resolv}
+    mounts = []
+    for name, content in files.items():
+        (cdir / name).write_text(content)
+        mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": str(cdir / name),
+                       "options": ["bind", "rprivate"]})
+    return mounts
+
+
+def create_container(store: Store, opts: ContainerCreateOptions,
+                     progress: ProgressCallback = no_progress) -> str:
+    from pinnace.engine.images import image_config
+    from pinnace.storage.containers import ContainerStore, new_container_id
+    if opts.network not in ("none", "host"):
+        raise InvalidArgument(f"--network {opts.network}: only 'none' and 'host' are available until user-mode "
+                              "networking lands")
+    if opts.publish:
+        raise InvalidArgument("-p/--publish needs user-mode networking, which is not available yet")
+    restart = parse_restart(opts.restart)
+    if opts.autoremove and restart != "no":
+        raise InvalidArgument("--restart and --rm cannot be used together")
+    if opts.userns not in (None, "", "host", "keep-id"):
+        raise InvalidArgument(f"--userns {opts.userns}: only keep-id and host are supported")
+    if opts.runtime and not os.access(opts.runtime, os.X_OK):
+        raise InvalidArgument(f"--runtime {opts.runtime}: not an executable file")
+    log_max = parse_size(opts.log_max_size) if opts.log_max_size else 0
+    store.open_for_write()
+    iid, image_name = find_or_pull_image(store, opts, progress)
+    image_cfg = image_config(store, iid)
+    rec = store.images.get(iid)
+    if rec is None:
+        raise ImageNotFound(f"{opts.image}: no such image")
+    cs = ContainerStore(store.layout, store.db)
+    cid = new_container_id()
+    store.layout.containers_dir.mkdir(mode=0o700, exist_ok=True)
+    cdir = store.layout.containers_dir / cid
+    record = {"Image": image_name, "ImageID": iid, "Command": list(opts.command), "Options": _options_json(opts)}
+    created = cs.add(cid, opts.name, iid, record, [])
+    try:
+        for sub in ("diff", "work", "merged"):
+            (cdir / sub).mkdir(parents=True, mode=0o755 if sub == "merged" else 0o700)
+        ctrstate.write_state(str(cdir), {"status": ctrstate.CREATED})
+        spec, volumes = _prepare(store, cdir, cid, created.name, opts, image_cfg, rec, restart, log_max, progress)
+        (cdir / "config.json").write_text(json.dumps(spec))
+        del volumes
+    except BaseException:
+        from pinnace.engine.container_cleanup import remove_container
+        try:
+            remove_container(store, cid, volumes=True)
+        except PinnaceError:
+            pass
+        raise
+    return cid
+
+
+def mount_rootfs(store: Store, cdir: Path, layers: list[str]) -> None:
+    """Mount the container's overlay (image layers + its own upper dir) at cdir/merged, if not mounted."""
+    from pinnace.runtime import mounts
+    target = cdir / "merged"
+    if mounts.is_mountpoint(target):
+        return
+    try:
+        if layers:
+            mounts.mount_overlay([store.layout.layers_dir / n for n in layers], target, upper=cdir / "diff",
+                                 work=cdir / "work", rootless=store.config.rootless)
+        else:  # an image without layers: the upper dir alone is the rootfs
+            from pinnace.runtime import syscalls
+            syscalls.mount(str(cdir / "diff"), str(target), None, syscalls.MS_BIND, None)
+    except OSError as exc:
+        raise PinnaceError(f"cannot mount the container's root filesystem: {exc}") from None
+
+
+def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreateOptions, image_cfg: dict,
+             rec, restart: str, log_max: int, progress: ProgressCallback) -> tuple[dict, list[str]]:  # noqa: ANN001
+    from pinnace.engine.container_mounts import plan_mounts
+    from pinnace.runtime.spec import ProcessOptions, build_spec
+    from pinnace.runtime.users import resolve_user
+    layers = [store.layout.layer_path(l.diff_id).name for l in rec.layers]
+    mount_rootfs(store, cdir, layers)
+    rootfs = cdir / "merged"
+    cfg = image_cfg.get("config") or {}
+    user = resolve_user(rootfs, opts.user if opts.user is not None else (cfg.get("User") or None))
+    hostname = opts.hostname or (os.uname().nodename if opts.network == "host" else cid[:12])
+    security = {o.replace(":", "=", 1) for o in opts.security_opt}
+    unknown = {o for o in security if o not in ("no-new-privileges", "no-new-privileges=true",
+                                                  "no-new-privileges=false", "label=disable", "seccomp=unconfined")}
+    if unknown:
+        raise InvalidArgument(f"unsupported --security-opt {', '.join(sorted(unknown))}")
+    process = ProcessOptions(
+        command=opts.command, entrypoint=opts.entrypoint, env=tuple(_read_env_files(opts.env_files)) + opts.env,
+        workdir=opts.workdir, tty=opts.tty, hostname=hostname, cap_add=opts.cap_add, cap_drop=opts.cap_drop,
+        privileged=opts.privileged, no_new_privileges="no-new-privileges=false" not in security,
+        ulimits=opts.ulimits, init=opts.init, host_env=dict(opts.host_env))
+    plan = plan_mounts(store, volumes=opts.volumes, mounts=opts.mounts, tmpfs=opts.tmpfs,
+                       image_volumes=sorted((cfg.get("Volumes") or {}).keys()), rootfs=rootfs, user=user,
+                       cwd=os.getcwd())
+    if plan.volumes:  # recorded at once: a failure below removes the anonymous ones with the container
+        with store.db.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO container_volumes VALUES (?,?)", [(cid, v.name) for v in plan.volumes])
+    extra = _etc_files(cdir, opts, hostname) + plan.mounts
+    spec = build_spec(image_config=image_cfg, opts=process, user=user, rootfs=str(rootfs),
+                      readonly_rootfs=opts.read_only, own_netns=opts.network != "host",
+                      rootless=store.config.rootless, extra_mounts=extra)
+    ann = spec["annotations"]
+    ann.update({ANN + "id": cid, ANN + "name": name, ANN + "root": str(store.layout.root),
+                ANN + "runroot": str(store.layout.runroot), ANN + "restart": restart,
+                ANN + "autoremove": "true" if opts.autoremove else "false",
+                ANN + "stdin": "true" if opts.stdin else "false"})
+    if log_max:
+        ann[ANN + "log-max-size"] = str(log_max)
+    for label in opts.labels:
+        key, _, value = label.partition("=")
+        if not key:
+            raise InvalidArgument(f"invalid --label {label!r}")
+    from pinnace.runtime import health
+    hc = health.health_config(cfg.get("Healthcheck"), cmd=opts.health_cmd, interval=opts.health_interval,
+                              timeout=opts.health_timeout, retries=opts.health_retries,
+                              start_period=opts.health_start_period, no_healthcheck=opts.no_healthcheck)
+    if hc is not None:
+        ann[ANN + "health"] = json.dumps(health.to_json(hc))
+    _apply_resources(store, spec, cid, opts, progress)
+    if opts.userns == "keep-id" and store.config.rootless:
+        uid, gid = _host_id("uid"), _host_id("gid")  # we are root of the user namespace by now
+        ann[ANN + "keep-id"] = f"{uid}:{gid}"
+        if opts.user is None:
+            spec["process"]["user"] = {"uid": uid, "gid": gid, "additionalGids": []}
+            env = [e for e in spec["process"]["env"] if not e.startswith("HOME=")]
+            spec["process"]["env"] = env + [f"HOME={user.home or '/'}"]
+    return spec, [v.name for v in plan.volumes]
+
+
+def _host_id(kind: str) -> int:
+    """The host id that is 0 in the per-user namespace (the user's own uid or gid)."""
+    with open(f"/proc/self/{kind}_map") as f:
+        for line in f:
+            inside, outside, _ = line.split()
+            if inside == "0":
+                return int(outside)
+    return os.getuid() if kind == "uid" else os.getgid()
+
+
+def _apply_resources(store: Store, spec: dict, cid: str, opts: ContainerCreateOptions,
+                     progress: ProgressCallback) -> None:
+    """Limits go into config.json (`linux.resources`); `start` creates the cgroup when this user may."""
+    if not (opts.memory or opts.memory_swap or opts.cpus or opts.cpu_shares or opts.pids_limit):
+        return
+    from pinnace.engine.contract import ProgressEvent, ProgressKind
+    from pinnace.runtime import cgroups
+    spec["linux"]["resources"] = cgroups.parse_resources(memory=opts.memory, memory_swap=opts.memory_swap,
+                                                         cpus=opts.cpus, cpu_shares=opts.cpu_shares,
+                                                         pids_limit=opts.pids_limit)
+    support = cgroups.probe(store.config.rootless)
+    if not support.manageable:
+        progress(ProgressEvent(ProgressKind.WARNING, message=support.reason[:1].upper() + support.reason[1:]))
+
+
+def _options_json(opts: ContainerCreateOptions) -> dict:
+    from dataclasses import asdict
+    data = asdict(opts)
+    data.pop("host_env", None)
+    return data
