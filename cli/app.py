@@ -56,6 +56,32 @@ def _register() -> None:
     image_cmds.register(app, image_app)
     system_cmds.register(app, system_app)
     volume_cmds.register(app)
+    _register_container_commands()
+
+
+def _register_container_commands() -> None:
+    """The container commands are parsed by cli/flags.py before typer loads (__main__); they are listed
+    here so that `pinnace --help` shows them, and reached here only after global flags typer handles."""
+    from pinnace.cli.container_cmds import COMMANDS, CONTAINER_ONLY, run_command
+    container_app = typer.Typer(no_args_is_help=True, help="Manage containers.")
+    app.add_typer(container_app, name="container")
+    settings = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+    def make(cmd, fn):  # noqa: ANN001, ANN202
+        def handler(ctx: typer.Context) -> int:
+            state = ctx.find_root().obj
+            globals_ = {"--root": state.root, "--runroot": state.runroot, "--storage-driver": state.storage_driver}
+            code = run_command(globals_, cmd, fn, list(ctx.args))
+            raise typer.Exit(code)
+        handler.__doc__ = cmd.help
+        return handler
+    for name, (cmd, fn) in COMMANDS.items():
+        if name in ("inspect",):
+            continue  # typer's own `inspect` stays for images; the fast dispatch handles containers first
+        app.command(name, context_settings=settings, add_help_option=False)(make(cmd, fn))
+        container_app.command(name, context_settings=settings, add_help_option=False)(make(cmd, fn))
+    for name, (cmd, fn) in CONTAINER_ONLY.items():
+        container_app.command(name, context_settings=settings, add_help_option=False)(make(cmd, fn))
 
 
 # Boolean flags that Podman also accepts with a value (`--tls-verify=false`): typer takes them as strings,

@@ -164,7 +164,6 @@ def mount_rootfs(store: Store, cdir: Path, layers: list[str]) -> None:
 
 def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreateOptions, image_cfg: dict,
              rec, restart: str, log_max: int, progress: ProgressCallback) -> tuple[dict, list[str]]:  # noqa: ANN001
-    from pinnace.engine.container_mounts import plan_mounts
     from pinnace.runtime.spec import ProcessOptions, build_spec
     from pinnace.runtime.users import resolve_user
     layers = [store.layout.layer_path(l.diff_id).name for l in rec.layers]
@@ -183,13 +182,19 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
         workdir=opts.workdir, tty=opts.tty, hostname=hostname, cap_add=opts.cap_add, cap_drop=opts.cap_drop,
         privileged=opts.privileged, no_new_privileges="no-new-privileges=false" not in security,
         ulimits=opts.ulimits, init=opts.init, host_env=dict(opts.host_env))
-    plan = plan_mounts(store, volumes=opts.volumes, mounts=opts.mounts, tmpfs=opts.tmpfs,
-                       image_volumes=sorted((cfg.get("Volumes") or {}).keys()), rootfs=rootfs, user=user,
-                       cwd=os.getcwd())
-    if plan.volumes:  # recorded at once: a failure below removes the anonymous ones with the container
+    image_volumes = sorted((cfg.get("Volumes") or {}).keys())
+    plan_mounts_needed = opts.volumes or opts.mounts or opts.tmpfs or image_volumes
+    if plan_mounts_needed:
+        from pinnace.engine.container_mounts import plan_mounts
+        plan = plan_mounts(store, volumes=opts.volumes, mounts=opts.mounts, tmpfs=opts.tmpfs,
+                           image_volumes=image_volumes, rootfs=rootfs, user=user, cwd=os.getcwd())
+        mounts, volumes = plan.mounts, plan.volumes
+    else:
+        mounts, volumes = [], []
+    if volumes:  # recorded at once: a failure below removes the anonymous ones with the container
         with store.db.transaction() as c:
-            c.executemany("INSERT OR IGNORE INTO container_volumes VALUES (?,?)", [(cid, v.name) for v in plan.volumes])
-    extra = _etc_files(cdir, opts, hostname) + plan.mounts
+            c.executemany("INSERT OR IGNORE INTO container_volumes VALUES (?,?)", [(cid, v.name) for v in volumes])
+    extra = _etc_files(cdir, opts, hostname) + mounts
     spec = build_spec(image_config=image_cfg, opts=process, user=user, rootfs=str(rootfs),
                       readonly_rootfs=opts.read_only, own_netns=opts.network != "host",
                       rootless=store.config.rootless, extra_mounts=extra)
@@ -204,10 +209,14 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
         key, _, value = label.partition("=")
         if not key:
             raise InvalidArgument(f"invalid --label {label!r}")
-    from pinnace.runtime import health
-    hc = health.health_config(cfg.get("Healthcheck"), cmd=opts.health_cmd, interval=opts.health_interval,
-                              timeout=opts.health_timeout, retries=opts.health_retries,
-                              start_period=opts.health_start_period, no_healthcheck=opts.no_healthcheck)
+    wants_health = cfg.get("Healthcheck") or opts.health_cmd or opts.no_healthcheck or opts.health_interval \
+        or opts.health_timeout or opts.health_retries is not None or opts.health_start_period
+    hc = None
+    if wants_health:
+        from pinnace.runtime import health
+        hc = health.health_config(cfg.get("Healthcheck"), cmd=opts.health_cmd, interval=opts.health_interval,
+                                  timeout=opts.health_timeout, retries=opts.health_retries,
+                                  start_period=opts.health_start_period, no_healthcheck=opts.no_healthcheck)
     if hc is not None:
         ann[ANN + "health"] = json.dumps(health.to_json(hc))
     _apply_resources(store, spec, cid, opts, progress)
@@ -218,7 +227,7 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
             spec["process"]["user"] = {"uid": uid, "gid": gid, "additionalGids": []}
             env = [e for e in spec["process"]["env"] if not e.startswith("HOME=")]
             spec["process"]["env"] = env + [f"HOME={user.home or '/'}"]
-    return spec, [v.name for v in plan.volumes]
+    return spec, [v.name for v in volumes]
 
 
 def _host_id(kind: str) -> int:

@@ -8,8 +8,10 @@ from pinnace.errors import Conflict, ImageNotFound, InvalidArgument, PinnaceErro
 
 def image_config(store: Store, image_id: str) -> dict:
     import json
-    try:
-        return json.loads(store.blobs.read(image_id))
+    try:  # straight from the file: BlobStore (hashlib, shutil) is not needed to read one blob
+        return json.loads(store.layout.blob_path(image_id).read_bytes())
+    except OSError as exc:
+        raise PinnaceError(f"image {image_id}: cannot read its config ({exc.strerror}); run `pinnace system check --repair`") from None
     except ValueError:
         raise PinnaceError(f"image {image_id}: stored config is not valid JSON (run `pinnace system check --repair`)") from None
 

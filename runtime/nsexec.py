@@ -81,6 +81,8 @@ def exec_in_container(container_pid: int, process: dict, *, stdio: tuple[int, in
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, (KeyError, TypeError)):
+        return f"invalid process description: {exc}"
     return str(exc) or type(exc).__name__
 
 
@@ -105,7 +107,7 @@ def _intermediate(container_pid: int, process: dict, stdio: tuple[int, int, int]
             os.dup2(fd, target)
     os.closerange(3, max_fd)  # none of the caller's files (log, sockets, pipes) go into the container
     namespaces = _open_namespaces(container_pid)
-    _join_cgroup(container_pid)
+    _join_cgroups(container_pid)
     try:
         for name, fd, flag in namespaces:
             try:
@@ -176,32 +178,48 @@ def _open_namespaces(container_pid: int) -> list[tuple[str, int, int]]:
     return opened
 
 
-def _cgroup_of(pid: int | str) -> str | None:
+def _cgroups_of(pid: int | str) -> dict[str, tuple[str, str]]:
+    """hierarchy id -> (controllers, path) from /proc/PID/cgroup (paths as our cgroup namespace sees them)."""
+    found = {}
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             for line in f:
-                if line.startswith("0::"):
-                    return line[3:].strip()
+                hid, _, rest = line.rstrip("\n").partition(":")
+                controllers, _, path = rest.partition(":")
+                found[hid] = (controllers, path)
     except OSError:
         pass
-    return None
+    return found
 
 
-def _join_cgroup(container_pid: int) -> None:
-    """Move into the container's (cgroup v2) cgroup, so that its limits also cover what we run, as
-    runc exec does. Best effort: without a delegated cgroup the move is refused and the command runs
-    in the caller's cgroup."""
-    theirs = _cgroup_of(container_pid)
-    if not theirs or ".." in theirs.split("/") or theirs == _cgroup_of("self"):
+def _join_cgroups(container_pid: int) -> None:
+    """Move into the container's cgroups (v2, and each v1 hierarchy where it is elsewhere than we are),
+    so that its limits and `stats` also cover what we run, as runc exec does. Best effort: where the move
+    is refused (a rootless user without a delegated cgroup) the command stays in the caller's cgroup."""
+    ours = _cgroups_of("self")
+    moves = {hid: entry for hid, entry in _cgroups_of(container_pid).items()
+             if ours.get(hid) != entry and ".." not in entry[1].split("/")}
+    if not moves:
         return
+    from pinnace.runtime.cgroups import _cgroup_mounts, _in_mount  # only here: rarely needed, not small
     try:
-        fd = os.open(f"/sys/fs/cgroup{theirs}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"0")  # "0": the writing process
-        finally:
-            os.close(fd)
+        with open("/proc/self/mountinfo") as f:
+            mounts = _cgroup_mounts(f.read())
     except OSError:
-        pass
+        return
+    for controllers, path in moves.values():
+        wanted = set(controllers.split(",")) if controllers else set()
+        for point, root, fstype, options in mounts:
+            if (fstype == "cgroup" and wanted and wanted <= options) or (fstype == "cgroup2" and not wanted):
+                try:
+                    fd = os.open(os.path.join(_in_mount(point, root, path), "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, b"0")  # "0": the writing process
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    pass
+                break
 
 
 def _apply_rlimits(process: dict) -> None:

@@ -96,6 +96,9 @@ class Database:
             else:
                 self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
                 self.conn.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: commits do not fsync; the database stays consistent after any crash, and
+                # at worst the last transactions before a power cut are lost (objects are fsynced apart)
+                self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA busy_timeout=60000")
             self.conn.row_factory = sqlite3.Row

@@ -173,6 +173,27 @@ def test_exec_signals_reach_the_command(ctr):
     assert res["leftover"] == []               # SIGKILL of the intermediate takes the command along
 
 
+@pytest.mark.rootful
+def test_exec_joins_the_container_cgroup(ctr):
+    # the engine puts a container with limits into a cgroup of its own: here, by hand, as root
+    v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    base, controllers = ("/sys/fs/cgroup", "") if v2 else ("/sys/fs/cgroup/pids", "pids")
+    own = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+               if line.split(":")[1] == controllers)
+    cg = Path(base) / f"pinnace-nsexec-{os.getpid()}"
+    cg.mkdir()
+    try:
+        (cg / "cgroup.procs").write_text(str(ctr.pid))
+        res = ctr.exec("sh", "-c", "cat /proc/1/cgroup; echo ---; cat /proc/self/cgroup")
+        assert res["code"] == 0, res
+        init, mine = (sorted(line for line in part.splitlines() if line.split(":")[1] == controllers)
+                      for part in res["out"].split("---\n"))
+        assert init and init == mine
+    finally:
+        (Path(base + own.rstrip("/")) / "cgroup.procs").write_text(str(ctr.pid))
+        cg.rmdir()
+
+
 # -- healthchecks -----------------------------------------------------------------------------------------
 def health(ctr, test, *, checks, interval=0.05, timeout=5.0, retries=3, start_period=0.0, **kw) -> dict:
     cfg = HealthConfig(test=tuple(test), interval=interval, timeout=timeout, retries=retries,
