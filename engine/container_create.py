@@ -205,6 +205,10 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
                 ANN + "stdin": "true" if opts.stdin else "false"})
     if log_max:
         ann[ANN + "log-max-size"] = str(log_max)
+    if opts.runtime:
+        if opts.tty:
+            raise InvalidArgument("--runtime with -t is not supported yet (the runtime's console socket)")
+        ann[ANN + "runtime"] = os.path.abspath(opts.runtime)
     for label in opts.labels:
         key, _, value = label.partition("=")
         if not key:

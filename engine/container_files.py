@@ -682,23 +682,61 @@ def diff_upper(upper: Path, lower_exists: Callable[[str], bool],
                         os.close(fds.pop())
                     continue
                 path = f"{prefix}/{name}"
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                mode, proc = st.st_mode, f"/proc/self/fd/{dfd}/{name}"
-                marked = ((stat.S_ISREG(mode) and st.st_size == 0) or stat.S_ISDIR(mode)) and \
-                    _xattr(proc, xattr_prefix + "whiteout") is not None
-                if (stat.S_ISCHR(mode) and st.st_rdev == 0) or marked:
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:  # removed by the running container meanwhile
+                    continue
+                if _is_whiteout(st, f"/proc/self/fd/{dfd}/{name}", xattr_prefix):
                     if not hidden:  # below an opaque directory a whiteout hides nothing
                         out.append(("D", path))
                     continue
                 out.append(("A" if hidden or not lower_exists(path) else "C", path))
-                if stat.S_ISDIR(mode):
-                    fds.append(os.open(name, _DIR, dir_fd=dfd))
+                if stat.S_ISDIR(st.st_mode):
+                    try:
+                        fds.append(os.open(name, _DIR, dir_fd=dfd))
+                    except FileNotFoundError:
+                        continue
                     opaque = _xattr(fds[-1], xattr_prefix + "opaque") == b"y"
                     stack.append((fds[-1], iter(os.listdir(fds[-1])), path, hidden or opaque))
         finally:
             for fd in fds:
                 os.close(fd)
     return sorted(out, key=lambda change: change[1])
+
+
+def lower_exists_in(layers: list[Path], xattr_prefix: str = "user.overlay.") -> Callable[[str], bool]:
+    """`lower_exists` for diff_upper over the image's layer dirs (topmost first) with overlay's rules: a
+    whiteout or a non-directory in a higher layer hides the path, an opaque directory hides the layers
+    below it. No symlink is followed (an absolute one would name a host path)."""
+    def exists(path: str) -> bool:
+        parts = [p for p in path.split("/") if p]
+        for layer in layers:
+            cur, hidden_below = os.fspath(layer), False
+            for i, comp in enumerate(parts):
+                cur = f"{cur}/{comp}"
+                try:
+                    st = os.lstat(cur)
+                except (FileNotFoundError, NotADirectoryError):
+                    break
+                if _is_whiteout(st, cur, xattr_prefix):
+                    return False
+                if i == len(parts) - 1:
+                    return True
+                if not stat.S_ISDIR(st.st_mode):
+                    return False
+                hidden_below = hidden_below or _xattr(cur, xattr_prefix + "opaque") == b"y"
+            if hidden_below:
+                return False
+        return False
+    return exists
+
+
+def _is_whiteout(st: os.stat_result, path: str, prefix: str) -> bool:
+    """overlay's whiteouts: a 0:0 character device, or an empty file (or a directory) with the whiteout xattr."""
+    if stat.S_ISCHR(st.st_mode):
+        return st.st_rdev == 0
+    marked = (stat.S_ISREG(st.st_mode) and st.st_size == 0) or stat.S_ISDIR(st.st_mode)
+    return marked and _xattr(path, prefix + "whiteout") is not None
 
 
 def _xattr(target: int | str, key: str) -> bytes | None:

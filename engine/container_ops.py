@@ -178,18 +178,23 @@ def _release_if_stopped(c: Container) -> None:
 
 
 def diff(store: Store, name: str) -> list[tuple[str, str]]:
-    from pinnace.engine.container_files import diff_upper
+    from pinnace.engine.container_files import diff_upper, lower_exists_in
     c = _mounted(store, name)
     rec = store.images.get(c.rec.image_id)
-    lowers = [store.layout.layer_path(l.diff_id) for l in reversed(rec.layers)]
-
-    def lower_exists(path: str) -> bool:
-        rel = path.lstrip("/")
-        return any(os.path.lexists(d / rel) for d in lowers)
+    lowers = [store.layout.layer_path(l.diff_id) for l in reversed(rec.layers)]  # topmost first
     try:
-        return diff_upper(c.dir / "diff", lower_exists, store.overlay_xattr_prefix)
+        changes = diff_upper(c.dir / "diff", lower_exists_in(lowers, store.overlay_xattr_prefix),
+                             store.overlay_xattr_prefix)
     finally:
         _release_if_stopped(c)
+    # mount points the runtime created (/etc/hosts, volume targets …) are not the user's changes; Docker
+    # keeps them in a separate init layer, so they never show up, and neither do their parents
+    hidden = {m["destination"].rstrip("/") for m in c.spec().get("mounts", [])} | {"/dev/console"}
+    kept = [(k, p) for k, p in changes if not (k == "A" and p in hidden)]
+    paths = [p for _, p in kept]
+    return [(k, p) for k, p in kept
+            if not (k == "C" and any(h.startswith(p + "/") for h in hidden)
+                    and not any(q.startswith(p + "/") for q in paths))]
 
 
 def export(store: Store, name: str, out: BinaryIO) -> None:
@@ -217,7 +222,7 @@ def copy(store: Store, src: str, dest: str, stdin: BinaryIO | None, stdout: Bina
     if (src_ctr is None) == (dst_ctr is None):
         raise InvalidArgument("cp copies between a container and the host: one side must be CONTAINER:PATH")
     if src_ctr is not None:
-        host = None if dst_path == "-" else Path(os.path.abspath(dst_path))
+        host = None if dst_path == "-" else dst_path  # as typed: a trailing "/" and "/." are rules of cp
         c = _mounted(store, src_ctr)
         try:
             if host is None:
@@ -232,10 +237,7 @@ def copy(store: Store, src: str, dest: str, stdin: BinaryIO | None, stdout: Bina
         if src_path == "-":
             files.copy_in(c.dir / "merged", dst_path, stdin)
         else:
-            host_src = Path(os.path.abspath(src_path))
-            if not os.path.lexists(host_src):
-                raise InvalidArgument(f"no such file or directory: {src_path}")
-            files.copy_from_host(c.dir / "merged", host_src, dst_path)
+            files.copy_from_host(c.dir / "merged", src_path, dst_path)
     finally:
         _release_if_stopped(c)
 

@@ -180,11 +180,26 @@ def check_store(store: Store, repair: bool) -> CheckReport:
                        len(list(store.blobs.all())))
 
 
+def _remove_all_containers(store: Store) -> None:
+    """Stop (SIGKILL) and remove every container first: a reset must not leave supervisors running."""
+    if not store.layout.db_path.exists():
+        return
+    from pinnace.engine import containers
+    from pinnace.errors import PinnaceError
+    for rec in containers.containers(store).list():
+        try:
+            containers.remove(store, rec.id, force=True, volumes=True, timeout=0)
+        except PinnaceError:
+            pass
+
+
 def reset_store(store: Store) -> None:
-    """Remove every image, layer and blob of this store and stop its namespace holder."""
+    """Remove every container, image, layer and blob of this store and stop its namespace holder."""
     store.join_userns()
     from pinnace.runtime import mounts
+    _remove_all_containers(store)
     mounts.unmount_all(store.layout.mounts_dir)
+    mounts.unmount_all(store.layout.containers_dir)
     store.close()
     lock = store.gc_lock(shared=False) if store.layout.root.exists() else None
     if lock is not None:

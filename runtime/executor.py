@@ -181,7 +181,9 @@ def _container_init(spec: dict) -> None:
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pty slave on stdin becomes the controlling terminal
         for limit in process.get("rlimits", []):
-            resource.setrlimit(getattr(resource, limit["type"]), (limit["soft"], limit["hard"]))
+            # 2**64-1 is the spec's "unlimited"; Python wants RLIM_INFINITY (-1) for it
+            soft, hard = (v if v < 2**63 else resource.RLIM_INFINITY for v in (limit["soft"], limit["hard"]))
+            resource.setrlimit(getattr(resource, limit["type"]), (soft, hard))
         program = _find_program(process["args"][0], process["env"])
         _drop_privileges(process)
         os.chdir(process.get("cwd") or "/")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import _socket  # not `socket`: its enums and selectors cost a supervisor ~1 MB of RSS
 import signal
-import socket
 import sys
 import time
 
@@ -97,8 +97,10 @@ def main(argv: list[str]) -> int:
     container_dir, runroot, sync_fd = argv[0], argv[1], int(argv[2])
     try:
         if os.geteuid() != 0:
-            from pinnace.runtime.userns import ensure_joined
-            ensure_joined(runroot)  # first: setns needs a single thread
+            from pinnace.runtime.nsjoin import join_existing
+            if not join_existing(runroot):  # first: setns needs a single thread
+                from pinnace.runtime.userns import ensure_joined  # the holder went away: start one
+                ensure_joined(runroot)
     except BaseException as exc:  # noqa: BLE001 - told to the starter, which reports it
         os.write(sync_fd, f"error {exc}".encode())
         return 1
@@ -143,7 +145,7 @@ class Supervisor:
             os.unlink(SOCKET_NAME)
         except FileNotFoundError:
             pass
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
             self.listener.bind(SOCKET_NAME)
@@ -156,9 +158,10 @@ class Supervisor:
         self.outputs: dict[int, str] = {}
         self.stdin_fd: int | None = None
         self.master: int | None = None
-        self.pid = 0
+        self.early_status: int | None = None
+        self.pid = self.init_pid = 0   # the process we wait for; the container's init (differ with --runtime)
         self.restarts = int(ctrstate.read_state(container_dir).get("restart_count") or 0)
-        self.health = self._health_monitor(ann.get(ANN + "health"))
+        self.health = None
         self.health_pid = 0
         self.health_fd: int | None = None
 
@@ -192,14 +195,51 @@ class Supervisor:
                     stdin = in_r
                 stdio = (stdin, out_w, err_w)
                 self.outputs = {out_r: "stdout", err_r: "stderr"}
-            self.pid = executor.start(self.spec, stdio, direct=True)
+            runtime = self.spec.get("annotations", {}).get(ANN + "runtime")
+            if runtime:
+                self.pid, self.init_pid = self._start_external(runtime, stdio)
+            else:
+                self.pid = self.init_pid = executor.start(self.spec, stdio, direct=True)
         finally:
             for fd in child_fds:
                 os.close(fd)
-        ctrstate.update_state(self.dir, status=ctrstate.RUNNING, pid=self.pid, pid_start=ctrstate.start_time(self.pid),
+        init = self.init_pid
+        # a new monitor for each start: Docker's health goes back to "starting"
+        self.health = self._health_monitor(self.spec.get("annotations", {}).get(ANN + "health"))
+        ctrstate.update_state(self.dir, status=ctrstate.RUNNING, pid=init, pid_start=ctrstate.start_time(init),
                               supervisor_pid=os.getpid(), supervisor_start=ctrstate.start_time(os.getpid()),
                               started_at=ctrstate.now_rfc3339(), restart_count=self.restarts, error="")
         return self.pid
+
+    def _start_external(self, runtime: str, stdio: tuple[int, int, int]) -> tuple[int, int]:
+        """`--runtime PATH`: the same config.json run by crun/runc (`run --bundle`); we wait for the
+        runtime's process (it forwards signals and exits with the container's status) and record the
+        container's init from `state` for signals and exec."""
+        cid = self.spec["annotations"][ANN + "id"]
+        state_dir = os.path.join(self.dir, "runtime")
+        os.makedirs(state_dir, exist_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for target, fd in enumerate(stdio):
+                    os.dup2(fd, target)
+                os.execv(runtime, [runtime, "--root", state_dir, "run", "--bundle", self.dir, cid])
+            finally:
+                os._exit(127)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            import subprocess
+            out = subprocess.run([runtime, "--root", state_dir, "state", cid], capture_output=True)
+            if out.returncode == 0:
+                init = int(json.loads(out.stdout).get("pid") or 0)
+                if init:
+                    return pid, init
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:  # already over (a short command): its status is the container's
+                self.early_status = status
+                return pid, pid
+            time.sleep(0.01)
+        return pid, pid
 
     def loop(self) -> int:
         try:
@@ -207,8 +247,8 @@ class Supervisor:
         except BaseException as exc:  # noqa: BLE001 - a supervisor bug must not leave a running orphan
             try:
                 ctrstate.update_state(self.dir, error=f"supervisor failed: {type(exc).__name__}: {exc}")
-                if self.pid:
-                    os.kill(self.pid, signal.SIGKILL)
+                if self.init_pid:
+                    os.kill(self.init_pid, signal.SIGKILL)
             except OSError:
                 pass
             self._finish(125)
@@ -255,6 +295,9 @@ class Supervisor:
     def _run_until_exit(self) -> int:
         import select
         code: int | None = None
+        if self.early_status is not None:
+            from pinnace.runtime.executor import _exit_code
+            code, self.early_status = _exit_code(self.early_status), None
         while code is None or self.outputs:
             fds = [self.wake_r, self.listener.fileno(), *self.clients, *self.outputs]
             if self.health_fd is not None:
@@ -274,8 +317,9 @@ class Supervisor:
                     except BlockingIOError:
                         pass
                 elif fd == self.listener.fileno():
-                    conn, _ = self.listener.accept()
-                    self.clients[conn.detach()] = proto.FrameReader()
+                    conn, _ = self.listener._accept()
+                    os.set_inheritable(conn, False)
+                    self.clients[conn] = proto.FrameReader()
                 elif fd in self.clients:
                     self._client_input(fd)
                 elif fd in self.outputs:
@@ -287,6 +331,12 @@ class Supervisor:
                 code = reaped
             if self.health is not None and code is None:
                 self._health_tick()
+        if self.health is not None:
+            self.health.close()  # a check still running is killed with its process group
+            if self.health_fd is not None:
+                os.close(self.health_fd)
+                self.health_fd = None
+            self.health_pid = 0
         for fd in list(self.outputs):
             os.close(fd)
         self.outputs = {}
@@ -368,9 +418,9 @@ class Supervisor:
                 import termios
                 rows, cols = proto.parse_resize(payload)
                 fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-            elif kind == proto.SIGNAL and payload and self.pid:
+            elif kind == proto.SIGNAL and payload and self.init_pid:
                 try:
-                    os.kill(self.pid, payload[0])
+                    os.kill(self.init_pid, payload[0])
                 except ProcessLookupError:
                     pass
 
@@ -379,7 +429,7 @@ class Supervisor:
         now = time.monotonic()
         self.health.tick(now)
         if self.health_pid == 0 and self.health.due(now) <= 0:
-            started = self.health.start(self.pid)
+            started = self.health.start(self.init_pid)
             if started is not None:
                 self.health_pid, self.health_fd = started
 

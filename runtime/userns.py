@@ -26,10 +26,9 @@ from pathlib import Path
 
 from pinnace.errors import CannotInvoke, CommandNotFound, NamespaceError
 from pinnace.runtime import syscalls
+from pinnace.runtime.nsjoin import HOLDER_NAME, PIDFILE, _is_our_holder, _join, _proc_stat, _read_pidfile  # noqa: F401
 
-PIDFILE = "holder.pid"
 LOCKFILE = "holder.lock"
-HOLDER_NAME = "pinnace-holder"  # /proc/PID/comm of the holder: part of checking a pidfile is ours
 IGNORE_SUBUID_ENV = "PINNACE_IGNORE_SUBUID"
 
 
@@ -143,46 +142,6 @@ def _info_inside(holder_pid: int | None) -> UsernsInfo:
 
 # ---------------------------------------------------------------------------------------------- pidfile
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks since boot) of a process, None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return fields[0].decode(), int(fields[19])
-
-
-def _read_pidfile(runroot: Path) -> tuple[int, int] | None:
-    try:
-        pid_s, start_s = (runroot / PIDFILE).read_text().split()[:2]
-        return int(pid_s), int(start_s)
-    except (OSError, ValueError):
-        return None
-
-
-def _is_our_holder(pid: int, start: int) -> bool:
-    """The pidfile is trusted only if the process has the recorded start time (pids get reused), our
-    uid, and the holder's name; a zombie counts as gone."""
-    stat = _proc_stat(pid)
-    if stat is None or stat[0] in ("Z", "X") or stat[1] != start:
-        return False
-    try:
-        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
-            return False
-        with open(f"/proc/{pid}/comm") as f:
-            comm = f.read().strip()
-        if comm == HOLDER_NAME:
-            return True
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0", 1)[0]
-        # b"": caught inside its execve of sleep, after the name changed but before the new argv is set up
-        return comm == "sleep" and argv0 in (HOLDER_NAME.encode(), b"")
-    except OSError:
-        return False
-
-
 def holder_pid(runroot: Path) -> int | None:
     """The pid of the live holder of `runroot`, or None."""
     rec = _read_pidfile(Path(runroot))
@@ -204,49 +163,6 @@ def _locked(runroot: Path) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------- joining
-
-def _join(pid: int, start: int) -> bool:
-    """setns into the holder's user then mount namespace; False if the holder vanished first."""
-    try:
-        threads = len(os.listdir("/proc/self/task"))
-    except OSError:
-        threads = 1
-    if threads > 1:
-        raise NamespaceError(f"cannot join the user namespace: the process has {threads} threads "
-                             "(join before starting any thread)")
-    try:
-        user_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        os.close(user_fd)
-        return False
-    try:
-        # checked again with the fds open: they pin the namespaces of the process we checked
-        if not _is_our_holder(pid, start):
-            return False
-        try:
-            cwd = os.getcwd()
-        except OSError:
-            cwd = "/"
-        try:
-            syscalls.setns(user_fd, syscalls.CLONE_NEWUSER)
-        except OSError as e:
-            raise NamespaceError(f"cannot join the user namespace of holder {pid}: {e.strerror}") from None
-        try:
-            syscalls.setns(mnt_fd, syscalls.CLONE_NEWNS)
-        except OSError as e:
-            raise NamespaceError(f"cannot join the mount namespace of holder {pid}: {e.strerror}") from None
-        # joining a mount namespace resets the working directory to its root
-        with contextlib.suppress(OSError):
-            os.chdir(cwd)
-        return True
-    finally:
-        os.close(user_fd)
-        os.close(mnt_fd)
-
 
 def ensure_joined(runroot: Path) -> UsernsInfo:
     """Join (starting it if needed) the namespace holder of `runroot`. No-op for real root.

@@ -17,7 +17,7 @@ import pytest
 import tarbuild as tb
 
 from pinnace.engine.container_files import (copy_from_host, copy_in, copy_out, copy_to_host, diff_upper,
-                                            export_rootfs, resolve_in_root)
+                                            export_rootfs, lower_exists_in, resolve_in_root)
 from pinnace.errors import InvalidArgument, NotFound, StorageError
 
 pytestmark = pytest.mark.anyuser
@@ -401,6 +401,29 @@ def test_diff_upper(tmp_path: Path, prefix: str):
     assert ("A", "/etc/passwd") in fresh and ("D", "/etc/gone") in fresh
     with pytest.raises(StorageError, match="missing-upper"):
         diff_upper(tmp_path / "missing-upper", lower.__contains__, prefix)
+
+
+def test_lower_exists_in_follows_overlay_rules_and_no_symlink(tmp_path: Path):
+    bottom, top = tmp_path / "l1", tmp_path / "l2"
+    for rel in ("etc/passwd", "etc/gone", "etc/xgone", "var/lib/old", "usr/x"):
+        (bottom / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bottom / rel).write_text("x")
+    (bottom / "abs").symlink_to("/etc")  # the host has /etc/passwd: it must not count
+    (bottom / "rel").symlink_to("etc")
+    (top / "etc").mkdir(parents=True)
+    os.mknod(top / "etc/gone", stat.S_IFCHR | 0o600, 0)
+    (top / "etc/xgone").write_text("")
+    os.setxattr(top / "etc/xgone", "user.overlay.whiteout", b"")
+    (top / "var/lib").mkdir(parents=True)
+    os.setxattr(top / "var/lib", "user.overlay.opaque", b"y")
+    (top / "var/lib/new").write_text("n")
+    (top / "usr").write_text("a file over the directory")
+    exists = lower_exists_in([top, bottom])
+    assert [p for p in ("/etc", "/etc/passwd", "/var/lib", "/var/lib/new", "/usr", "/abs", "/rel") if exists(p)] \
+        == ["/etc", "/etc/passwd", "/var/lib", "/var/lib/new", "/usr", "/abs", "/rel"]
+    assert not any(exists(p) for p in ("/etc/gone", "/etc/xgone", "/var/lib/old", "/usr/x", "/abs/passwd",
+                                       "/rel/passwd", "/nope", "/etc/passwd/x"))
+    assert lower_exists_in([bottom])("/var/lib/old") and lower_exists_in([bottom])("/usr/x")
 
 
 # -- export ----------------------------------------------------------------------------------------------
