@@ -146,20 +146,10 @@ def create_container(store: Store, opts: ContainerCreateOptions,
 
 
 def mount_rootfs(store: Store, cdir: Path, layers: list[str]) -> None:
-    """Mount the container's overlay (image layers + its own upper dir) at cdir/merged, if not mounted."""
-    from pinnace.runtime import mounts
-    target = cdir / "merged"
-    if mounts.is_mountpoint(target):
-        return
-    try:
-        if layers:
-            mounts.mount_overlay([store.layout.layers_dir / n for n in layers], target, upper=cdir / "diff",
-                                 work=cdir / "work", rootless=store.config.rootless)
-        else:  # an image without layers: the upper dir alone is the rootfs
-            from pinnace.runtime import syscalls
-            syscalls.mount(str(cdir / "diff"), str(target), None, syscalls.MS_BIND, None)
-    except OSError as exc:
-        raise PinnaceError(f"cannot mount the container's root filesystem: {exc}") from None
+    """Mount the container's root filesystem (image layers + its own upper dir) at cdir/merged."""
+    from pinnace.runtime.rootfs import driver_for
+    driver = driver_for(store.config.storage_driver, rootless=store.config.rootless)
+    driver.mount([store.layout.layers_dir / n for n in layers], cdir / "diff", cdir / "work", cdir / "merged")
 
 
 def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreateOptions, image_cfg: dict,
