@@ -1,4 +1,5 @@
-"""The detached per-container supervisor: logs, exit file, and its memory (issue-3 groundwork)."""
+"""The detached per-container supervisor on its own (no container record): logs, exit status in
+state.json, and its memory. The CLI-level behaviour is in tests/system/test_containers.py."""
 from __future__ import annotations
 
 import json
@@ -40,11 +41,13 @@ def start(image, workdir: Path, *command: str) -> int:
 
 def wait_exit(workdir: Path, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
-    exit_file = workdir / "bundle" / "exit"
-    while not exit_file.exists():
+    state_file = workdir / "bundle" / "state.json"
+    while True:
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        if state.get("status") == "exited":
+            return int(state["exit_code"])
         assert time.monotonic() < deadline, "the container did not exit"
         time.sleep(0.05)
-    return int(exit_file.read_text())
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ def main() -> int:
     spec = build_spec(image_config=image_config, opts=opts, user=user, rootfs=str(workdir / "merged"),
                       own_netns=True, rootless=rootless)
     (workdir / "bundle" / "config.json").write_text(json.dumps(spec))
-    print(start_supervisor(str(workdir / "bundle"), runroot))
+    _, container_pid = start_supervisor(str(workdir / "bundle"), runroot, fresh=True)
+    print(container_pid)
     return 0
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,21 @@ def test_unshare_gets_host_environment(frozen: Frozen):
     if os.getuid() != 0:
         # the full subordinate range, mapped through newuidmap (a host helper run from the frozen binary)
         assert len(uid_map) >= 6 and uid_map[5] == "65536", uid_map
+
+
+def test_containers_from_the_frozen_binary(frozen: Frozen):
+    """The supervisor is re-executed from the one-file binary (`__supervise` role): attached, detached,
+    exec and logs must all work from it."""
+    frozen("pull", "-q", BUSYBOX)
+    attached = frozen("run", "--rm", BUSYBOX, "sh", "-c", "echo hi; exit 7", check=False)
+    assert (attached.returncode, attached.stdout) == (7, "hi\n"), attached.stderr
+    cid = frozen("run", "-d", BUSYBOX, "sh", "-c", "echo from-detached; sleep 60").stdout.strip()
+    try:
+        assert "sleep" in frozen("exec", cid, "cat", "/proc/1/cmdline").stdout  # sh execs its last command
+        deadline = time.monotonic() + 10
+        while "from-detached" not in frozen("logs", cid).stdout:
+            assert time.monotonic() < deadline, "no output in the log"
+            time.sleep(0.1)
+    finally:
+        frozen("rm", "-f", cid)
+    assert frozen("ps", "-aq").stdout.strip() == ""
