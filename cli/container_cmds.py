@@ -588,7 +588,8 @@ _add(Command("commit", "commit [OPTIONS] CONTAINER [IMAGE]", "Make an image of a
 
 CONTAINER_ONLY: dict[str, tuple[Command, object]] = {
     "prune": (Command("container prune", "container prune [OPTIONS]", "Remove all stopped containers.", (
-        F(("-f", "--force"), "force", BOOL, "Do not ask"), _FILTER)), cmd_prune),
+        F(("-f", "--force"), "force", BOOL, "Do not ask"),
+        F(("--filter",), "filter", LIST, "Filter (label=, until=)", "FILTER"))), cmd_prune),
     "cleanup": (Command("container cleanup", "container cleanup CONTAINER...",
                         "Finish what a killed supervisor left: record the exit, unmount, --rm.", (_ALL, _LATEST)), cmd_cleanup),
     "exists": (Command("container exists", "container exists CONTAINER", "Exit 0 if the container exists, 1 if not.", ()), cmd_exists),

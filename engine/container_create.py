@@ -130,7 +130,8 @@ def create_container(store: Store, opts: ContainerCreateOptions,
     created = cs.add(cid, opts.name, iid, record, [])
     try:
         for sub in ("diff", "work", "merged"):
-            (cdir / sub).mkdir(parents=True, mode=0o755 if sub == "merged" else 0o700)
+            # diff/ is the overlay's upper root: the container's "/" takes its mode (0755 like an image root)
+            (cdir / sub).mkdir(parents=True, mode=0o700 if sub == "work" else 0o755)
         ctrstate.write_state(str(cdir), {"status": ctrstate.CREATED})
         spec, volumes = _prepare(store, cdir, cid, created.name, opts, image_cfg, rec, restart, log_max, progress)
         (cdir / "config.json").write_text(json.dumps(spec))

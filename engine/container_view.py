@@ -79,7 +79,7 @@ def list_containers(store: Store, *, all: bool = False, filters: tuple[str, ...]
         for k, v in parsed:
             by_key.setdefault(k, []).append(v)
         # like Docker: values of one key are alternatives, different keys must all match
-        if not all and s.status not in ("running", "paused", "stopping") and "status" not in by_key:
+        if not all and s.status not in ("running", "paused", "stopping", "restarting") and "status" not in by_key:
             continue
         if all_match(s, by_key):
             rows.append(s)
@@ -87,7 +87,8 @@ def list_containers(store: Store, *, all: bool = False, filters: tuple[str, ...]
 
 
 def all_match(s: ContainerSummary, by_key: dict[str, list[str]]) -> bool:
-    return all(any(_matches(s, k, v) for v in values) for k, values in by_key.items())
+    """Docker's rule: values of one key are alternatives, except labels, which must all match."""
+    return all((all if k == "label" else any)(_matches(s, k, v) for v in values) for k, values in by_key.items())
 
 
 def inspect(store: Store, text: str) -> dict:

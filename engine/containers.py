@@ -60,6 +60,10 @@ def get(store: Store, text: str) -> Container:
 def effective_state(cdir: str) -> dict:
     """state.json corrected by what /proc says: a dead supervisor and a dead container mean exited."""
     state = ctrstate.read_state(cdir)
+    if state.get("status") == ctrstate.RESTARTING:
+        if not ctrstate.alive(state.get("supervisor_pid"), state.get("supervisor_start")):
+            state = {**state, "status": ctrstate.EXITED, "orphaned": True}
+        return state
     if state.get("status") in (ctrstate.RUNNING, ctrstate.PAUSED, ctrstate.STOPPING):
         sup_alive = ctrstate.alive(state.get("supervisor_pid"), state.get("supervisor_start"))
         ctr_alive = ctrstate.alive(state.get("pid"), state.get("pid_start"))
@@ -106,8 +110,10 @@ def start(store: Store, text: str, *, attach: bool = False) -> tuple[Container, 
             if attach:
                 raise Conflict(f"container {c.name} is already running")
             return c, None
-        if state.get("status") == ctrstate.STOPPING:
-            raise Conflict(f"container {c.name} is stopping: try again")
+        if state.get("status") == ctrstate.RESTARTING and not attach:
+            return c, None  # its supervisor starts it again by itself
+        if state.get("status") in (ctrstate.STOPPING, ctrstate.RESTARTING):
+            raise Conflict(f"container {c.name} is {state['status']}: try again")
         spec = c.spec()
         if not spec:
             raise PinnaceError(f"container {c.name} was not completely created (its CLI was killed?): remove it")
@@ -206,7 +212,9 @@ def stop(store: Store, text: str, timeout: float | None = None) -> Container:
     c = get(store, text)
     state = c.state()
     if not is_running(state):
-        if state.get("status") == ctrstate.STOPPING:
+        if state.get("status") == ctrstate.RESTARTING:
+            (c.dir / STOP_MARK).touch()  # between two runs: the supervisor sees it and ends
+        if state.get("status") in (ctrstate.STOPPING, ctrstate.RESTARTING):
             _wait_supervisor(state, 10)
         return c
     opts = c.rec.record.get("Options", {})
@@ -272,7 +280,7 @@ def remove(store: Store, text: str, *, force: bool = False, volumes: bool = Fals
     store.open_for_write()
     c = get(store, text)
     state = c.state()
-    if is_running(state) or state.get("status") == ctrstate.STOPPING:
+    if is_running(state) or state.get("status") in (ctrstate.STOPPING, ctrstate.RESTARTING):
         if not force:
             raise Conflict(f"cannot remove container {c.name} as it is {state.get('status')}: stop it first or "
                            "use --force")
@@ -342,7 +350,7 @@ def wait(store: Store, text: str, conditions: tuple[str, ...] = ("stopped",)) ->
         status = state.get("status")
         if status in conditions or ("running" in conditions and status == ctrstate.RUNNING):
             return int(state.get("exit_code") or 0) if status != ctrstate.RUNNING else 0
-        if status == ctrstate.EXITED and set(conditions) & {"stopped", "exited", "not-running"}:
+        if status in (ctrstate.EXITED, ctrstate.RESTARTING) and set(conditions) & {"stopped", "exited", "not-running"}:
             return int(state.get("exit_code", -1))
         if status == ctrstate.CREATED and "not-running" in conditions:
             return 0

@@ -13,6 +13,7 @@ import time
 
 STATE_NAME = "state.json"
 CREATED, RUNNING, PAUSED, STOPPING, EXITED = "created", "running", "paused", "stopping", "exited"
+RESTARTING = "restarting"   # the supervisor waits out the restart policy's backoff
 
 
 def now_rfc3339() -> str:

@@ -33,7 +33,7 @@ _MOUNT_FLAGS = {"ro": syscalls.MS_RDONLY, "nosuid": syscalls.MS_NOSUID, "nodev":
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
               ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore"))
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 23, 24, 38
 CGROUP_ANNOTATION = "io.pinnace.cgroup"   # JSON {controller: dir} the container's processes go into
 
 
@@ -219,10 +219,23 @@ def _default_signals() -> None:
             pass
 
 
+def _set_cmdline(name: bytes) -> None:
+    """Overwrite our argv in place (what /proc/PID/cmdline reads): no privilege needed, it is our memory."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48 and 49)
+        if end - start > len(name):
+            ctypes.memmove(start, name + b"\0" * (end - start - len(name)), end - start)
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 def _init_loop(command: int) -> None:
     """`--init`: stay pid 1, forward signals to the command (which, not being pid 1, can be killed by them),
     reap every orphan, and exit with the command's status. Runs after pivot_root, so it uses only what is
     already imported (os, signal)."""
+    _set_cmdline(b"pinnace-init")  # else /proc/1/cmdline would show the supervisor's host command line
     def forward(signum: int, frame: object) -> None:
         try:
             os.kill(command, signum)
@@ -376,6 +389,8 @@ def _drop_privileges(process: dict) -> None:
     for bit in range(last + 1):
         if not bounding & (1 << bit):
             syscalls.prctl(PR_CAPBSET_DROP, bit)
+        elif not syscalls.prctl(PR_CAPBSET_READ, bit):
+            bounding &= ~(1 << bit)  # not ours to give (a host that dropped it for root): --privileged gets the rest
     user = process["user"]
     os.setgroups(list(user.get("additionalGids", [])))
     os.setresgid(user["gid"], user["gid"], user["gid"])

@@ -262,10 +262,12 @@ class Supervisor:
                 self.restarts += 1
                 ran = time.monotonic() - started
                 delay = 0.1 * (2 ** min(self.restarts - 1, 9)) if ran < 10 else 0.1  # Docker's backoff
-                ctrstate.update_state(self.dir, status=ctrstate.EXITED, exit_code=code, pid=0,
+                ctrstate.update_state(self.dir, status=ctrstate.RESTARTING, exit_code=code, pid=0,
                                       finished_at=ctrstate.now_rfc3339(), restart_count=self.restarts)
                 self._send_exit(code)
-                time.sleep(min(delay, 60.0))
+                deadline = time.monotonic() + min(delay, 60.0)
+                while time.monotonic() < deadline and not self._stop_requested():
+                    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))  # `stop` cuts the wait short
                 if self._stop_requested():
                     break
                 try:

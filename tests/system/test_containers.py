@@ -205,6 +205,10 @@ def test_exec_sees_processes_env_and_cwd(p):
         assert p("exec", cid, "pwd").out == "/tmp\n"
         assert p("exec", "-w", "/etc", cid, "pwd").out == "/etc\n"
         assert p("exec", cid, "sh", "-c", "exit 7", check=False).rc == 7
+        t0 = time.monotonic()
+        assert p("exec", "-d", cid, "sleep", "30").out == ""
+        assert time.monotonic() - t0 < 5
+        assert "sleep 30" in p("exec", cid, "ps", "-o", "args").out.splitlines()
     finally:
         p("rm", "-f", cid)
 
@@ -431,7 +435,7 @@ def test_inspect_wait_top(p):
         assert "COMMAND" in top[0] and any(l.endswith("sh -c sleep 1000; exit 4") for l in top[1:]), top
         assert any(l.rstrip().endswith("sleep 1000") for l in top[1:]), top
         waiter = p.popen("wait", "insp", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        p("exec", "insp", "killall", "sleep")
+        p("exec", "-d", "insp", "killall", "sleep")  # -d: the container's end may kill killall itself
         out, err = waiter.communicate(timeout=10)
         assert (waiter.returncode, out) == (0, b"4\n"), err
         assert fmt(p, "insp", "{{.State.Status}} {{.State.ExitCode}}") == "exited 4"
