@@ -71,6 +71,7 @@ def top(store: Store, name: str) -> list[dict]:
         raise Conflict(f"container {c.name} is not running")
     target = _ns_inode(state["pid"], "pid")
     ticks = os.sysconf("SC_CLK_TCK")
+    names = _container_users(c)
     rows = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or _ns_inode(int(entry), "pid") != target:
@@ -86,10 +87,21 @@ def top(store: Store, name: str) -> list[dict]:
             continue
         nspid = status.get("NSpid", "").split()
         rows.append({"PID": nspid[-1] if nspid else entry, "HostPID": entry,
-                     "PPID": status.get("PPid", "").strip(), "USER": status.get("Uid", "").split()[0],
+                     "PPID": status.get("PPid", "").strip(),
+                     "USER": names.get(status.get("Uid", "").split()[0], status.get("Uid", "").split()[0]),
                      "TIME": _cpu_time((int(fields[11]) + int(fields[12])) // ticks),
                      "COMMAND": cmd or f"[{status.get('Name', '').strip()}]"})
     return sorted(rows, key=lambda r: int(r["PID"]))
+
+
+def _container_users(c: Container) -> dict[str, str]:
+    """uid → name from the container's own /etc/passwd (we see ids as the container does: we are in its
+    user namespace), as Podman's top shows them."""
+    from pinnace.runtime.users import _read_lines, parse_passwd
+    try:
+        return {str(e.uid): e.name for e in parse_passwd(_read_lines(c.dir / "merged" / "etc" / "passwd"))}
+    except (OSError, ValueError):
+        return {}
 
 
 def _cpu_time(seconds: int) -> str:
