@@ -91,6 +91,9 @@ def top(store: Store, name: str) -> list[dict]:
                      "USER": names.get(status.get("Uid", "").split()[0], status.get("Uid", "").split()[0]),
                      "TIME": _cpu_time((int(fields[11]) + int(fields[12])) // ticks),
                      "COMMAND": cmd or f"[{status.get('Name', '').strip()}]"})
+    inside = {r["HostPID"]: r["PID"] for r in rows}
+    for r in rows:  # parents as the container numbers them; pid 1's parent is outside: 0
+        r["PPID"] = inside.get(r["PPID"], "0")
     return sorted(rows, key=lambda r: int(r["PID"]))
 
 
