@@ -19,7 +19,16 @@ def main(argv: list[str] | None = None) -> int:
         from pinnace.cli.container_cmds import lookup, run_command
         found = lookup(split[1])
         if found is not None:
-            return run_command(split[0], *found)
+            code = run_command(split[0], *found)
+            # Skip the interpreter's teardown (~10 ms of module and GC cleanup, measured): every file we
+            # wrote is closed, SQLite is crash-safe by design (WAL), and stdio is flushed here.
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            import os
+            os._exit(code)
     code = try_fast_path(args)
     if code is None:
         from pinnace.cli.app import run

@@ -76,7 +76,7 @@ def _int(value: str | None, flag: str) -> int | None:
 
 
 def _create_options(o: dict, positional: list[str]):  # noqa: ANN202 - ContainerCreateOptions
-    from pinnace.engine.contract import ContainerCreateOptions
+    from pinnace.engine.container_contract import ContainerCreateOptions
     if not positional:
         raise InvalidArgument("requires at least 1 argument: the image")
     log_max = None
@@ -109,9 +109,8 @@ def _create_options(o: dict, positional: list[str]):  # noqa: ANN202 - Container
 
 
 def _progress(quiet: bool):  # noqa: ANN202
-    from pinnace.engine.contract import ProgressKind
-
-    def report(event) -> None:  # noqa: ANN001
+    def report(event) -> None:  # noqa: ANN001 - events come only when pulling or warning: import then
+        from pinnace.engine.contract import ProgressKind
         if event.kind == ProgressKind.WARNING:
             sys.stderr.write(f"WARNING: {event.message}\n")
         elif not quiet and event.kind == ProgressKind.RESOLVED:
@@ -314,7 +313,7 @@ def cmd_logs(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
 
 
 def cmd_exec(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    from pinnace.engine.contract import ExecOptions
+    from pinnace.engine.container_contract import ExecOptions
     if len(positional) < 2:
         raise InvalidArgument("exec needs a container and a command")
     opts = ExecOptions(container=positional[0], command=tuple(positional[1:]), tty=o["tty"], stdin=o["interactive"],

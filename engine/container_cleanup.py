@@ -34,11 +34,12 @@ def remove_container(store, cid: str, *, volumes: bool) -> None:  # noqa: ANN001
     release_resources(cdir)
     cs = ContainerStore(store.layout, store.db)
     anonymous = []
-    if volumes:
+    used = cs.volumes(cid) if volumes else []
+    if used:  # imported only then: the common `run --rm` has no volumes and should not pay for them
         from pinnace.engine.container_mounts import ANONYMOUS_LABEL
         from pinnace.engine.volumes import volume_store
         vs = volume_store(store)
-        for name in cs.volumes(cid):
+        for name in used:
             try:
                 rec = vs.get(name)
             except Exception:  # noqa: BLE001 - a volume removed meanwhile

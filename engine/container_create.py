@@ -11,7 +11,11 @@ import json
 import os
 from pathlib import Path
 
-from pinnace.engine.contract import ContainerCreateOptions, ProgressCallback, no_progress
+from pinnace.engine.container_contract import ContainerCreateOptions
+
+TYPE_CHECKING = False  # the contract's image records are not needed to create a container
+if TYPE_CHECKING:
+    from pinnace.engine.contract import ProgressCallback
 from pinnace.engine.store import Store
 from pinnace.errors import ImageNotFound, InvalidArgument, PinnaceError
 from pinnace.runtime import ctrstate
@@ -52,7 +56,7 @@ def _read_env_files(paths: tuple[str, ...]) -> list[str]:
     return env
 
 
-def find_or_pull_image(store: Store, opts: ContainerCreateOptions, progress: ProgressCallback) -> tuple[str, str]:
+def find_or_pull_image(store: Store, opts: ContainerCreateOptions, progress: "ProgressCallback") -> tuple[str, str]:
     """(image id, the name the user gave, canonical when it was a name)."""
     from pinnace.engine.resolve import resolve_image
     if opts.pull not in ("missing", "always", "never", "newer"):
@@ -99,8 +103,7 @@ def _etc_files(cdir: Path, opts: ContainerCreateOptions, hostname: str) -> list[
     return mounts
 
 
-def create_container(store: Store, opts: ContainerCreateOptions,
-                     progress: ProgressCallback = no_progress) -> str:
+def create_container(store: Store, opts: ContainerCreateOptions, progress: "ProgressCallback | None" = None) -> str:
     from pinnace.engine.images import image_config
     from pinnace.storage.containers import ContainerStore, new_container_id
     if opts.network not in ("none", "host"):
@@ -116,6 +119,7 @@ def create_container(store: Store, opts: ContainerCreateOptions,
     if opts.runtime and not os.access(opts.runtime, os.X_OK):
         raise InvalidArgument(f"--runtime {opts.runtime}: not an executable file")
     log_max = parse_size(opts.log_max_size) if opts.log_max_size else 0
+    progress = progress or (lambda event: None)
     store.open_for_write()
     iid, image_name = find_or_pull_image(store, opts, progress)
     image_cfg = image_config(store, iid)
@@ -154,7 +158,7 @@ def mount_rootfs(store: Store, cdir: Path, layers: list[str]) -> None:
 
 
 def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreateOptions, image_cfg: dict,
-             rec, restart: str, log_max: int, progress: ProgressCallback) -> tuple[dict, list[str]]:  # noqa: ANN001
+             rec, restart: str, log_max: int, progress: "ProgressCallback") -> tuple[dict, list[str]]:  # noqa: ANN001
     from pinnace.runtime.spec import ProcessOptions, build_spec
     from pinnace.runtime.users import resolve_user
     layers = [store.layout.layer_path(l.diff_id).name for l in rec.layers]
@@ -236,7 +240,7 @@ def _host_id(kind: str) -> int:
 
 
 def _apply_resources(store: Store, spec: dict, cid: str, opts: ContainerCreateOptions,
-                     progress: ProgressCallback) -> None:
+                     progress: "ProgressCallback") -> None:
     """Limits go into config.json (`linux.resources`); `start` creates the cgroup when this user may."""
     if not (opts.memory or opts.memory_swap or opts.cpus or opts.cpu_shares or opts.pids_limit):
         return

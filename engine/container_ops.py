@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pinnace.engine.containers import Container, get, is_running
-from pinnace.engine.contract import ExecOptions
+from pinnace.engine.container_contract import ExecOptions
 from pinnace.engine.store import Store
 from pinnace.errors import Conflict, InvalidArgument, PinnaceError
 from pinnace.runtime import ctrstate

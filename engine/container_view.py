@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from pinnace.engine.contract import ContainerSummary
+from pinnace.engine.container_contract import ContainerSummary
 from pinnace.engine.store import Store
 from pinnace.errors import InvalidArgument
 from pinnace.runtime import ctrstate

@@ -143,6 +143,8 @@ def _create_cgroup(store: Store, c: Container, spec: dict) -> None:
     import json
     # Like Podman, every container gets a cgroup where this user may create one (pause and stats need it)
     resources = spec.get("linux", {}).get("resources") or {}
+    if store.config.rootless and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return  # v1 or hybrid: never delegated to a user (cgroups.probe says why when limits are asked)
     from pinnace.runtime import cgroups
     support = cgroups.probe(store.config.rootless)
     if not support.manageable:

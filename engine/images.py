@@ -1,7 +1,9 @@
 """Local image operations: list, inspect, tag, untag, remove, prune, history, garbage collection."""
 from __future__ import annotations
 
-from pinnace.engine.contract import HistoryEntry, ImagePruneOptions, ImageRemoveOptions, ImageRemoveReport
+TYPE_CHECKING = False  # image_config() is on `run`'s path, which does not need the contract's records
+if TYPE_CHECKING:
+    from pinnace.engine.contract import HistoryEntry, ImagePruneOptions, ImageRemoveOptions, ImageRemoveReport
 from pinnace.engine.store import Store
 from pinnace.errors import Conflict, ImageNotFound, InvalidArgument, PinnaceError
 
@@ -68,6 +70,7 @@ def inspect_image(store: Store, text: str) -> dict:
 
 
 def image_history(store: Store, text: str) -> list[HistoryEntry]:
+    from pinnace.engine.contract import HistoryEntry
     from pinnace.engine.resolve import resolve_image
     iid, _ = resolve_image(store.images, text)
     rec = store.images.get(iid)
@@ -118,6 +121,7 @@ def untag_image(store: Store, text: str, names: tuple[str, ...]) -> list[str]:
 
 # -- removal ---------------------------------------------------------------------------------------------
 def remove_images(store: Store, opts: ImageRemoveOptions) -> ImageRemoveReport:
+    from pinnace.engine.contract import ImageRemoveReport
     from pinnace.engine.resolve import resolve_image
     untagged: list[str] = []
     deleted: list[str] = []

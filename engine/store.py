@@ -26,10 +26,14 @@ class Store:
         if self._joined or not self.config.rootless:
             self._joined = True
             return
-        self.layout.runroot.mkdir(parents=True, exist_ok=True)
-        from pinnace.runtime.userns import ensure_joined
-        info = ensure_joined(self.layout.runroot)
-        self.single_mapping = info.single_mapping
+        from pinnace.runtime.nsjoin import join_existing
+        if join_existing(self.layout.runroot):  # the common case, without userns.py's imports
+            with open("/proc/self/uid_map") as f:
+                self.single_mapping = len(f.read().split()) <= 3
+        else:
+            self.layout.runroot.mkdir(parents=True, exist_ok=True)
+            from pinnace.runtime.userns import ensure_joined
+            self.single_mapping = ensure_joined(self.layout.runroot).single_mapping
         self._joined = True
 
     def first_single_mapping_warning(self) -> bool:
