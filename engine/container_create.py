@@ -150,11 +150,12 @@ def create_container(store: Store, opts: ContainerCreateOptions, progress: "Prog
     return cid
 
 
-def mount_rootfs(store: Store, cdir: Path, layers: list[str]) -> None:
+def mount_rootfs(store: Store, cdir: Path, layers: list[str], *, volatile: bool = False) -> None:
     """Mount the container's root filesystem (image layers + its own upper dir) at cdir/merged."""
     from pinnace.runtime.rootfs import driver_for
     driver = driver_for(store.config.storage_driver, rootless=store.config.rootless)
-    driver.mount([store.layout.layers_dir / n for n in layers], cdir / "diff", cdir / "work", cdir / "merged")
+    driver.mount([store.layout.layers_dir / n for n in layers], cdir / "diff", cdir / "work", cdir / "merged",
+                 volatile=volatile)
 
 
 def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreateOptions, image_cfg: dict,
@@ -162,7 +163,7 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
     from pinnace.runtime.spec import ProcessOptions, build_spec
     from pinnace.runtime.users import resolve_user
     layers = [store.layout.layer_path(l.diff_id).name for l in rec.layers]
-    mount_rootfs(store, cdir, layers)
+    mount_rootfs(store, cdir, layers, volatile=opts.autoremove)
     rootfs = cdir / "merged"
     cfg = image_cfg.get("config") or {}
     user = resolve_user(rootfs, opts.user if opts.user is not None else (cfg.get("User") or None))

@@ -124,7 +124,8 @@ def start(store: Store, text: str, *, attach: bool = False) -> tuple[Container, 
         rec = store.images.get(c.rec.image_id)
         if rec is None:
             raise PinnaceError(f"the image of container {c.name} is gone")
-        mount_rootfs(store, c.dir, [store.layout.layer_path(l.diff_id).name for l in rec.layers])
+        mount_rootfs(store, c.dir, [store.layout.layer_path(l.diff_id).name for l in rec.layers],
+                     volatile=bool(c.rec.record.get("Options", {}).get("autoremove")))
         _create_cgroup(store, c, spec)
         mine = theirs = None
         if attach:

@@ -24,14 +24,14 @@ def is_mountpoint(path: Path) -> bool:
 
 
 def mount_overlay(layer_dirs: list[Path], target: Path, *, upper: Path | None = None, work: Path | None = None,
-                  rootless: bool, readonly: bool = False) -> None:
+                  rootless: bool, readonly: bool = False, volatile: bool = False) -> None:
     """Mount an overlay of layer_dirs (bottom first), with an optional upper/work pair for writes.
 
     With the new mount API each lower layer is its own `lowerdir+` call, so any number of layers fits;
     kernels before 6.8 (no `lowerdir+`) fall back to mount(2) with paths relative to the layers'
     directory, which fits about 60 layers in the one-page option string."""
     try:
-        _mount_overlay_fsconfig(layer_dirs, target, upper, work, rootless, readonly)
+        _mount_overlay_fsconfig(layer_dirs, target, upper, work, rootless, readonly, volatile)
         return
     except OSError as exc:
         if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
@@ -43,6 +43,8 @@ def mount_overlay(layer_dirs: list[Path], target: Path, *, upper: Path | None = 
         options += f",upperdir={upper},workdir={work}"
     if rootless:
         options += ",userxattr"
+    if volatile and upper is not None:
+        options += ",volatile"
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.chdir(parent)
@@ -53,7 +55,7 @@ def mount_overlay(layer_dirs: list[Path], target: Path, *, upper: Path | None = 
 
 
 def _mount_overlay_fsconfig(layer_dirs: list[Path], target: Path, upper: Path | None, work: Path | None,
-                            rootless: bool, readonly: bool) -> None:
+                            rootless: bool, readonly: bool, volatile: bool = False) -> None:
     fs_fd = syscalls.fsopen("overlay")
     try:
         for d in reversed(layer_dirs):  # lowerdir+ goes from the top layer down
@@ -63,6 +65,8 @@ def _mount_overlay_fsconfig(layer_dirs: list[Path], target: Path, upper: Path | 
             syscalls.fsconfig_string(fs_fd, "workdir", work)
         if rootless:
             syscalls.fsconfig_flag(fs_fd, "userxattr")
+        if volatile and upper is not None:
+            syscalls.fsconfig_flag(fs_fd, "volatile")
         syscalls.fsconfig_create(fs_fd)
         mnt_fd = syscalls.fsmount(fs_fd, syscalls.MOUNT_ATTR_RDONLY if readonly else 0)
         try:

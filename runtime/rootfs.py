@@ -19,12 +19,15 @@ class OverlayDriver:
     def __init__(self, rootless: bool):
         self.rootless = rootless
 
-    def mount(self, layers: list[Path], upper: Path, work: Path, target: Path) -> None:
+    def mount(self, layers: list[Path], upper: Path, work: Path, target: Path, *, volatile: bool = False) -> None:
+        """`volatile`: no syncs to the upper layer (overlay's `volatile`), for containers whose layer is
+        thrown away at exit (`--rm`), as Podman does; a crash can lose or corrupt that layer only."""
         if mounts.is_mountpoint(target):
             return
         try:
             if layers:
-                mounts.mount_overlay(layers, target, upper=upper, work=work, rootless=self.rootless)
+                mounts.mount_overlay(layers, target, upper=upper, work=work, rootless=self.rootless,
+                                     volatile=volatile)
             else:  # an image without layers: the upper dir alone is the rootfs
                 from pinnace.runtime import syscalls
                 syscalls.mount(str(upper), str(target), None, syscalls.MS_BIND, None)
