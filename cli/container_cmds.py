@@ -270,7 +270,9 @@ def cmd_rm(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
 
 def cmd_ps(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     from pinnace.cli.container_view import render_ps
-    rows = eng.container_list(all=o["all"] or bool(o["latest"]) or o["last"] is not None, filters=tuple(o["filter"]))
+    from pinnace.engine.container_list import list_containers  # what LocalEngine.container_list calls
+    rows = list_containers(eng.root, all=o["all"] or bool(o["latest"]) or o["last"] is not None,
+                           filters=tuple(o["filter"]))
     if o["latest"]:
         rows = rows[:1]
     if o["last"] is not None:
@@ -283,8 +285,7 @@ def cmd_ps(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
 
 
 def _with_size(eng, row):  # noqa: ANN001, ANN202
-    import dataclasses
-    path = os.path.join(str(eng.store.layout.containers_dir), row.id, "diff")
+    path = os.path.join(eng.root, "containers", row.id, "diff")
     total = 0
     for dirpath, dirnames, filenames in os.walk(path):
         for name in filenames:
@@ -292,7 +293,8 @@ def _with_size(eng, row):  # noqa: ANN001, ANN202
                 total += os.lstat(os.path.join(dirpath, name)).st_size
             except OSError:
                 pass
-    return dataclasses.replace(row, size=total)
+    row.size = total
+    return row
 
 
 def cmd_logs(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
@@ -608,6 +610,29 @@ def lookup(args: list[str]) -> tuple[Command, object, list[str]] | None:
     return (*entry, args[1:]) if entry else None
 
 
+class _EngineRef:
+    """The LocalEngine, made on first use: `ps` reads the store without it (see engine/container_list.py)."""
+
+    def __init__(self, globals_: dict[str, str | None]):
+        self._globals = globals_
+        self._engine = None
+
+    @property
+    def root(self) -> str:
+        from pinnace.engine.paths import store_paths
+        if os.environ.get("PINNACE_STORAGE_DRIVER", "overlay") != "overlay" or self._globals.get("--storage-driver"):
+            return str(self.__getattr__("store").layout.root)  # validated by the engine
+        return store_paths(self._globals.get("--root"), self._globals.get("--runroot"))[0]
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        if self._engine is None:
+            from pinnace.engine.config import resolve_config
+            from pinnace.engine.local import LocalEngine
+            self._engine = LocalEngine(resolve_config(self._globals.get("--root"), self._globals.get("--runroot"),
+                                                      self._globals.get("--storage-driver")))
+        return getattr(self._engine, name)
+
+
 def run_command(globals_: dict[str, str | None], cmd: Command, fn, args: list[str]) -> int:  # noqa: ANN001
     from pinnace.cli.errors import run_guarded
 
@@ -616,10 +641,7 @@ def run_command(globals_: dict[str, str | None], cmd: Command, fn, args: list[st
             opts, positional = parse(cmd, args)
         except HelpRequested:
             return print_help(cmd)
-        from pinnace.engine.config import resolve_config
-        from pinnace.engine.local import LocalEngine
-        eng = LocalEngine(resolve_config(globals_.get("--root"), globals_.get("--runroot"),
-                                         globals_.get("--storage-driver")))
+        eng = _EngineRef(globals_)
         try:
             return fn(eng, opts, positional)
         finally:

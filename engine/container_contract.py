@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pinnace.engine.container_list import ContainerSummary  # noqa: F401 - `ps` rows, a light class there
+
 
 @dataclass(frozen=True)
 class ContainerCreateOptions:
@@ -60,28 +62,6 @@ class ContainerCreateOptions:
     log_max_size: str | None = None
     runtime: str | None = None           # path of an external OCI runtime (crun/runc)
     host_env: tuple[tuple[str, str], ...] = ()   # the caller's environment, for `-e KEY` without a value
-
-
-@dataclass(frozen=True)
-class ContainerSummary:
-    """One row of `ps`."""
-
-    id: str
-    name: str
-    image: str
-    image_id: str
-    command: str
-    created: float
-    status: str              # created, running, paused, exited, stopping
-    exit_code: int | None
-    started_at: str
-    finished_at: str
-    ports: tuple[str, ...]
-    labels: dict
-    pid: int
-    restart_count: int
-    health: str = ""
-    size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -5,90 +5,13 @@ import json
 import os
 import time
 
-from pinnace.engine.container_contract import ContainerSummary
+from pinnace.engine.container_list import ContainerSummary
 from pinnace.engine.store import Store
-from pinnace.errors import InvalidArgument
 from pinnace.runtime import ctrstate
 
-PS_FILTERS = ("status", "name", "label", "ancestor", "id", "exited", "health")
-STATUSES = ("created", "running", "paused", "exited", "stopping", "restarting", "removing", "dead")
-
-
-def _command(spec: dict) -> str:
-    return " ".join(spec.get("process", {}).get("args", []))
-
-
-def _summary(store: Store, rec, cdir: str) -> ContainerSummary:  # noqa: ANN001 - ContainerRecord
-    from pinnace.engine.containers import effective_state
-    state = effective_state(cdir)
-    opts = rec.record.get("Options", {})
-    health = ""
-    if state.get("status") == ctrstate.RUNNING and os.path.exists(os.path.join(cdir, "health.json")):
-        try:
-            with open(os.path.join(cdir, "health.json")) as f:
-                health = json.load(f).get("Status", "")
-        except (OSError, ValueError):
-            pass
-    try:
-        with open(os.path.join(cdir, "config.json")) as f:
-            command = _command(json.load(f))
-    except (OSError, ValueError):
-        command = " ".join(rec.record.get("Command", []))
-    labels = dict(l.partition("=")[::2] for l in opts.get("labels", []))
-    return ContainerSummary(
-        id=rec.id, name=rec.name, image=rec.record.get("Image", ""), image_id=rec.image_id, command=command,
-        created=rec.created, status=state.get("status", "created"), exit_code=state.get("exit_code"),
-        started_at=state.get("started_at", ""), finished_at=state.get("finished_at", ""),
-        ports=tuple(opts.get("publish", [])), labels=labels, pid=int(state.get("pid") or 0),
-        restart_count=int(state.get("restart_count") or 0), health=health)
-
-
-def _matches(s: ContainerSummary, key: str, value: str) -> bool:
-    import fnmatch
-    if key == "status":
-        if value not in STATUSES:
-            raise InvalidArgument(f"invalid status filter {value!r} ({', '.join(STATUSES)})")
-        return s.status == value
-    if key == "name":
-        return value in s.name or fnmatch.fnmatchcase(s.name, value)
-    if key == "id":
-        return s.id.startswith(value)
-    if key == "label":
-        k, sep, v = value.partition("=")
-        return k in s.labels and (not sep or s.labels[k] == v)
-    if key == "exited":
-        return s.status == "exited" and str(s.exit_code) == value
-    if key == "health":
-        return s.health == value
-    # ancestor: the image by name (with or without the tag / registry) or id
-    from pinnace.engine.image_list import reference_matches
-    return (s.image_id.removeprefix("sha256:").startswith(value.removeprefix("sha256:"))
-            or reference_matches(value, s.image) or reference_matches(value + ":*", s.image))
-
-
 def list_containers(store: Store, *, all: bool = False, filters: tuple[str, ...] = ()) -> list[ContainerSummary]:
-    from pinnace.engine.image_list import parse_filters
-    parsed = parse_filters(filters, PS_FILTERS, "container")
-    if not store.layout.db_path.exists():
-        return []
-    from pinnace.storage.containers import ContainerStore
-    rows = []
-    for rec in ContainerStore(store.layout, store.db).list():
-        s = _summary(store, rec, str(store.layout.containers_dir / rec.id))
-        by_key: dict[str, list[str]] = {}
-        for k, v in parsed:
-            by_key.setdefault(k, []).append(v)
-        # like Docker: values of one key are alternatives, different keys must all match
-        if not all and s.status not in ("running", "paused", "stopping", "restarting") and "status" not in by_key:
-            continue
-        if all_match(s, by_key):
-            rows.append(s)
-    return rows
-
-
-def all_match(s: ContainerSummary, by_key: dict[str, list[str]]) -> bool:
-    """Docker's rule: values of one key are alternatives, except labels, which must all match."""
-    return all((all if k == "label" else any)(_matches(s, k, v) for v in values) for k, values in by_key.items())
+    from pinnace.engine.container_list import list_containers as light_list
+    return light_list(str(store.layout.root), all=all, filters=filters)
 
 
 def inspect(store: Store, text: str) -> dict:

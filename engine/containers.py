@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pinnace.engine.store import Store
 from pinnace.errors import Conflict, InvalidArgument, NotFound, PinnaceError
 from pinnace.runtime import ctrstate
+from pinnace.runtime.ctrstate import effective_state, is_running  # noqa: F401 - part of this module's API
 from pinnace.storage.containers import ContainerRecord, ContainerStore
 
 STOP_MARK = "stop-requested"
@@ -55,30 +56,6 @@ def get(store: Store, text: str) -> Container:
         raise NotFound(f"no such container {text}")
     rec = containers(store).get(text)
     return Container(rec, store.layout.containers_dir / rec.id)
-
-
-def effective_state(cdir: str) -> dict:
-    """state.json corrected by what /proc says: a dead supervisor and a dead container mean exited."""
-    state = ctrstate.read_state(cdir)
-    if state.get("status") == ctrstate.RESTARTING:
-        if not ctrstate.alive(state.get("supervisor_pid"), state.get("supervisor_start")):
-            state = {**state, "status": ctrstate.EXITED, "orphaned": True}
-        return state
-    if state.get("status") in (ctrstate.RUNNING, ctrstate.PAUSED, ctrstate.STOPPING):
-        sup_alive = ctrstate.alive(state.get("supervisor_pid"), state.get("supervisor_start"))
-        ctr_alive = ctrstate.alive(state.get("pid"), state.get("pid_start"))
-        if not ctr_alive and not sup_alive:
-            state = {**state, "status": ctrstate.EXITED, "exit_code": state.get("exit_code", -1)
-                     if state.get("pid") == 0 else -1, "orphaned": True}
-        elif not ctr_alive and sup_alive:
-            state = {**state, "status": ctrstate.STOPPING}  # exited; the supervisor is cleaning up
-        elif not sup_alive:
-            state = {**state, "orphaned": True}
-    return state
-
-
-def is_running(state: dict) -> bool:
-    return state.get("status") in (ctrstate.RUNNING, ctrstate.PAUSED)
 
 
 @contextmanager

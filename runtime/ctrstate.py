@@ -60,3 +60,27 @@ def start_time(pid: int) -> int | None:
 
 def alive(pid: int | None, start: int | None) -> bool:
     return bool(pid) and start is not None and start_time(pid) == start
+
+
+def effective_state(cdir: str) -> dict:
+    """state.json corrected by what /proc says: a dead supervisor and a dead container mean exited."""
+    state = read_state(cdir)
+    if state.get("status") == RESTARTING:
+        if not alive(state.get("supervisor_pid"), state.get("supervisor_start")):
+            state = {**state, "status": EXITED, "orphaned": True}
+        return state
+    if state.get("status") in (RUNNING, PAUSED, STOPPING):
+        sup_alive = alive(state.get("supervisor_pid"), state.get("supervisor_start"))
+        ctr_alive = alive(state.get("pid"), state.get("pid_start"))
+        if not ctr_alive and not sup_alive:
+            state = {**state, "status": EXITED, "exit_code": state.get("exit_code", -1)
+                     if state.get("pid") == 0 else -1, "orphaned": True}
+        elif not ctr_alive and sup_alive:
+            state = {**state, "status": STOPPING}  # exited; the supervisor is cleaning up
+        elif not sup_alive:
+            state = {**state, "orphaned": True}
+    return state
+
+
+def is_running(state: dict) -> bool:
+    return state.get("status") in (RUNNING, PAUSED)
