@@ -210,7 +210,7 @@ def cleanup_pinnace(tool: Tool, workdir: Path, log) -> None:
     except (CommandFailed, subprocess.TimeoutExpired) as exc:
         log(f"pinnace: system reset failed: {exc}")
     try:  # the namespace holder of this store (its pid file, as the tests' conftest knows it)
-        os.kill(int((workdir / "run" / "holder.pid").read_text().split()[0]), signal.SIGKILL)
+        os.kill(int((workdir / "pinnace-run" / "holder.pid").read_text().split()[0]), signal.SIGKILL)
     except (OSError, ValueError):
         pass
     shutil.rmtree(workdir, ignore_errors=True)
