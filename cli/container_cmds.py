@@ -5,216 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-from pinnace.cli.flags import BOOL, LIST, VALUE, Command, Flag, HelpRequested, parse, print_help
+from pinnace.cli.container_run import (CREATE_FLAGS, cmd_attach, cmd_create, cmd_exec, cmd_run,  # noqa: F401
+                                      cmd_start)
+from pinnace.cli.errors import each_name, require_names
+from pinnace.cli.flags import BOOL, LIST, VALUE, Command, Flag, HelpRequested, parse, print_help, to_int
 from pinnace.errors import InvalidArgument
 
 F = Flag
 _FORMAT = F(("--format",), "format", VALUE, "json, table, or a Go template", "FORMAT")
-
-CREATE_FLAGS = (
-    F(("-d", "--detach"), "detach", BOOL, "Run in the background and print the container ID"),
-    F(("-i", "--interactive"), "interactive", BOOL, "Keep stdin open"),
-    F(("-t", "--tty"), "tty", BOOL, "Allocate a pseudo-terminal"),
-    F(("--rm",), "rm", BOOL, "Remove the container (and its anonymous volumes) when it exits"),
-    F(("--name",), "name", VALUE, "Name of the container", "NAME"),
-    F(("-e", "--env"), "env", LIST, "Set an environment variable (KEY=VALUE, or KEY to pass the host's)", "ENV"),
-    F(("--env-file",), "env_file", LIST, "Read environment variables from a file", "FILE"),
-    F(("-w", "--workdir"), "workdir", VALUE, "Working directory inside the container", "DIR"),
-    F(("-u", "--user"), "user", VALUE, "User (name|uid[:group|gid])", "USER"),
-    F(("--entrypoint",), "entrypoint", VALUE, "Override the image's ENTRYPOINT", "CMD"),
-    F(("-v", "--volume"), "volume", LIST, "Bind mount or volume: SRC:DST[:ro,z,U], NAME:DST, or DST", "VOLUME"),
-    F(("--mount",), "mount", LIST, "type=bind|volume|tmpfs,source=…,target=…[,readonly]", "MOUNT"),
-    F(("--tmpfs",), "tmpfs", LIST, "Mount a tmpfs: DST[:OPTIONS]", "TMPFS"),
-    F(("--read-only",), "read_only", BOOL, "Mount the root filesystem read-only"),
-    F(("-h", "--hostname"), "hostname", VALUE, "Container host name", "NAME"),
-    F(("--add-host",), "add_host", LIST, "Add a line to /etc/hosts (name:ip)", "HOST:IP"),
-    F(("--dns",), "dns", LIST, "DNS server for /etc/resolv.conf", "IP"),
-    F(("-l", "--label"), "label", LIST, "Set a label (KEY=VALUE)", "LABEL"),
-    F(("--restart",), "restart", VALUE, "Restart policy: no, on-failure[:N], always, unless-stopped", "POLICY"),
-    F(("--init",), "init", BOOL, "Run a minimal init as pid 1 (reaps zombies, forwards signals)"),
-    F(("--cap-add",), "cap_add", LIST, "Add a capability", "CAP"),
-    F(("--cap-drop",), "cap_drop", LIST, "Drop a capability", "CAP"),
-    F(("--privileged",), "privileged", BOOL, "All capabilities, no masked paths (still inside the user namespace)"),
-    F(("--security-opt",), "security_opt", LIST, "no-new-privileges[=true|false]", "OPT"),
-    F(("--userns",), "userns", VALUE, "keep-id: your uid inside is your uid outside", "MODE"),
-    F(("-m", "--memory"), "memory", VALUE, "Memory limit (cgroups)", "BYTES"),
-    F(("--memory-swap",), "memory_swap", VALUE, "Memory + swap limit (cgroups)", "BYTES"),
-    F(("--cpus",), "cpus", VALUE, "Number of CPUs (cgroups)", "N"),
-    F(("-c", "--cpu-shares"), "cpu_shares", VALUE, "CPU shares (cgroups)", "N"),
-    F(("--pids-limit",), "pids_limit", VALUE, "Maximum number of processes (cgroups)", "N"),
-    F(("--ulimit",), "ulimit", LIST, "Resource limit: name=soft[:hard]", "ULIMIT"),
-    F(("--pull",), "pull", VALUE, "Pull policy: missing (default), always, never", "POLICY"),
-    F(("--platform",), "platform", VALUE, "Platform of the image (os/arch[/variant])", "PLATFORM"),
-    F(("--network", "--net"), "network", VALUE, "none (default for now) or host", "MODE"),
-    F(("-p", "--publish"), "publish", LIST, "Publish a port (needs user-mode networking)", "PORTS"),
-    F(("--cidfile",), "cidfile", VALUE, "Write the container ID to a file", "FILE"),
-    F(("--stop-signal",), "stop_signal", VALUE, "Signal `stop` sends first (default SIGTERM)", "SIGNAL"),
-    F(("--stop-timeout",), "stop_timeout", VALUE, "Seconds `stop` waits before SIGKILL (default 10)", "N"),
-    F(("--health-cmd",), "health_cmd", VALUE, "Healthcheck command", "CMD"),
-    F(("--health-interval",), "health_interval", VALUE, "Time between checks (30s)", "DURATION"),
-    F(("--health-timeout",), "health_timeout", VALUE, "Time a check may take (30s)", "DURATION"),
-    F(("--health-retries",), "health_retries", VALUE, "Failures before unhealthy (3)", "N"),
-    F(("--health-start-period",), "health_start_period", VALUE, "Grace period after start (0s)", "DURATION"),
-    F(("--no-healthcheck",), "no_healthcheck", BOOL, "Disable the image's healthcheck"),
-    F(("--log-opt",), "log_opt", LIST, "Log option: max-size=SIZE", "OPT"),
-    F(("--log-driver",), "log_driver", VALUE, "k8s-file (the only driver)", "DRIVER"),
-    F(("--runtime",), "runtime", VALUE, "Path of an external OCI runtime (crun, runc)", "PATH"),
-    F(("--detach-keys",), "detach_keys", VALUE, "Keys that detach (default ctrl-p,ctrl-q)", "KEYS"),
-    F(("--sig-proxy",), "sig_proxy", BOOL, "Forward signals to the container (default true)", default=True),
-    F(("-a", "--attach"), "attach", LIST, "Attach to STDIN, STDOUT or STDERR (accepted; all are attached)", "STREAM"),
-    F(("-q", "--quiet"), "quiet", BOOL, "Do not print pull progress"),
-)
-
-
-def _int(value: str | None, flag: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidArgument(f"invalid value {value!r} for {flag}: a whole number") from None
-
-
-def _create_options(o: dict, positional: list[str]):  # noqa: ANN202 - ContainerCreateOptions
-    from pinnace.engine.container_contract import ContainerCreateOptions
-    if not positional:
-        raise InvalidArgument("requires at least 1 argument: the image")
-    log_max = None
-    for opt in o["log_opt"]:
-        key, _, value = opt.partition("=")
-        if key != "max-size":
-            raise InvalidArgument(f"unsupported --log-opt {opt!r} (max-size=SIZE)")
-        log_max = value
-    if o["log_driver"] not in (None, "k8s-file", "json-file"):
-        raise InvalidArgument(f"unsupported --log-driver {o['log_driver']!r} (k8s-file)")
-    if o["stop_signal"]:
-        from pinnace.engine.containers import parse_signal
-        parse_signal(o["stop_signal"])
-    return ContainerCreateOptions(
-        image=positional[0], command=tuple(positional[1:]), name=o["name"], entrypoint=o["entrypoint"],
-        env=tuple(o["env"]), env_files=tuple(o["env_file"]), workdir=o["workdir"], user=o["user"], tty=o["tty"],
-        stdin=o["interactive"], detach=o["detach"], autoremove=o["rm"], hostname=o["hostname"],
-        add_hosts=tuple(o["add_host"]), dns=tuple(o["dns"]), labels=tuple(o["label"]), restart=o["restart"] or "no",
-        init=o["init"], cap_add=tuple(o["cap_add"]), cap_drop=tuple(o["cap_drop"]), privileged=o["privileged"],
-        security_opt=tuple(o["security_opt"]), userns=o["userns"], memory=o["memory"], memory_swap=o["memory_swap"],
-        cpus=o["cpus"], cpu_shares=_int(o["cpu_shares"], "--cpu-shares"),
-        pids_limit=_int(o["pids_limit"], "--pids-limit"), ulimits=tuple(o["ulimit"]), pull=o["pull"] or "missing",
-        platform=o["platform"], network=o["network"] or "none", publish=tuple(o["publish"]),
-        volumes=tuple(o["volume"]), mounts=tuple(o["mount"]), tmpfs=tuple(o["tmpfs"]), read_only=o["read_only"],
-        stop_signal=o["stop_signal"], stop_timeout=_int(o["stop_timeout"], "--stop-timeout"),
-        health_cmd=o["health_cmd"], health_interval=o["health_interval"], health_timeout=o["health_timeout"],
-        health_retries=_int(o["health_retries"], "--health-retries"), health_start_period=o["health_start_period"],
-        no_healthcheck=o["no_healthcheck"], log_max_size=log_max, runtime=o["runtime"],
-        host_env=tuple(os.environ.items()))
-
-
-def _progress(quiet: bool):  # noqa: ANN202
-    def report(event) -> None:  # noqa: ANN001 - events come only when pulling or warning: import then
-        from pinnace.engine.contract import ProgressKind
-        if event.kind == ProgressKind.WARNING:
-            sys.stderr.write(f"WARNING: {event.message}\n")
-        elif not quiet and event.kind == ProgressKind.RESOLVED:
-            sys.stderr.write(f"Trying to pull {event.message}...\n")
-        elif not quiet and event.kind == ProgressKind.LAYER_DONE:
-            sys.stderr.write(f"Copying blob {event.id.removeprefix('sha256:')[:12]} done\n")
-    return report
-
-
-def _write_cidfile(path: str | None, cid: str) -> None:
-    if not path:
-        return
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        raise InvalidArgument(f"container ID file {path} already exists") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(cid)
-
-
-def cmd_create(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    opts = _create_options(o, positional)
-    if o["cidfile"] and os.path.exists(o["cidfile"]):
-        raise InvalidArgument(f"container ID file {o['cidfile']} already exists")
-    cid = eng.container_create(opts, _progress(o["quiet"]))
-    _write_cidfile(o["cidfile"], cid)
-    print(cid)
-    return 0
-
-
-def cmd_run(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    opts = _create_options(o, positional)
-    from pinnace.cli.attach_client import AttachOptions, attach, parse_detach_keys
-    detach_keys = o["detach_keys"] if o["detach_keys"] is not None else "ctrl-p,ctrl-q"
-    parse_detach_keys(detach_keys)
-    if o["cidfile"] and os.path.exists(o["cidfile"]):
-        raise InvalidArgument(f"container ID file {o['cidfile']} already exists")
-    if opts.tty and opts.stdin and not os.isatty(0):
-        sys.stderr.write("WARNING: -t given but stdin is not a terminal\n")
-    cid = eng.container_create(opts, _progress(o["quiet"]))
-    _write_cidfile(o["cidfile"], cid)
-    if opts.detach:
-        eng.container_start(cid)
-        print(cid)
-        return 0
-    _, sock = eng.container_start(cid, attach=True)
-    try:
-        code = attach(sock, AttachOptions(tty=opts.tty, stdin=opts.stdin, detach_keys=detach_keys,
-                                          sig_proxy=o["sig_proxy"]))
-    finally:
-        os.close(sock)
-    return 0 if code is None else code
-
-
-def _names(positional: list[str], what: str = "container") -> list[str]:
-    if not positional:
-        raise InvalidArgument(f"requires at least 1 argument: the {what}")
-    return positional
-
-
-def _each(positional: list[str], fn) -> int:  # noqa: ANN001
-    """Apply fn to each name; report failures like Docker (all of them, exit with the last one's code)."""
-    from pinnace.errors import PinnaceError
-    code = 0
-    for name in _names(positional):
-        try:
-            out = fn(name)
-            if out is not None:
-                print(out)
-        except PinnaceError as exc:
-            sys.stderr.write(f"Error: {exc}\n")
-            code = exc.exit_code
-    return code
-
-
-def cmd_start(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    if not o["attach"]:
-        return _each(positional, lambda n: (eng.container_start(n), n)[1])
-    if len(positional) != 1:
-        raise InvalidArgument("start --attach takes exactly one container")
-    from pinnace.cli.attach_client import AttachOptions, attach
-    cid, sock = eng.container_start(positional[0], attach=True)
-    spec = eng.container_inspect(cid)
-    try:
-        code = attach(sock, AttachOptions(tty=spec["Config"]["Tty"], stdin=o["interactive"],
-                                          detach_keys=o["detach_keys"] or "ctrl-p,ctrl-q"))
-    finally:
-        os.close(sock)
-    return 0 if code is None else code
-
-
-def cmd_attach(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    if len(positional) != 1:
-        raise InvalidArgument("attach takes exactly one container")
-    from pinnace.cli.attach_client import AttachOptions, attach
-    info = eng.container_inspect(positional[0])
-    sock = eng.container_attach(positional[0])
-    try:
-        code = attach(sock, AttachOptions(tty=info["Config"]["Tty"], stdin=not o["no_stdin"] and info["Config"]["OpenStdin"],
-                                          detach_keys=o["detach_keys"] or "ctrl-p,ctrl-q", sig_proxy=o["sig_proxy"]))
-    finally:
-        os.close(sock)
-    return 0 if code is None else code
-
 
 def _timeout(o: dict) -> float | None:
     value = o.get("time")
@@ -229,17 +27,17 @@ def _timeout(o: dict) -> float | None:
 def cmd_stop(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     t = _timeout(o)
     targets = _all_names(eng, o, positional, running=True)
-    return _each(targets, lambda n: (eng.container_stop(n, t), n)[1])
+    return each_name(targets, lambda n: (eng.container_stop(n, t), n)[1])
 
 
 def cmd_restart(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     t = _timeout(o)
-    return _each(_all_names(eng, o, positional, running=True),
+    return each_name(_all_names(eng, o, positional, running=True),
                  lambda n: (eng.container_stop(n, t), eng.container_start(n), n)[2])
 
 
 def cmd_kill(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    return _each(_all_names(eng, o, positional, running=True), lambda n: (eng.container_kill(n, o["signal"]), n)[1])
+    return each_name(_all_names(eng, o, positional, running=True), lambda n: (eng.container_kill(n, o["signal"]), n)[1])
 
 
 def _all_names(eng, o: dict, positional: list[str], running: bool = False) -> list[str]:  # noqa: ANN001
@@ -248,7 +46,7 @@ def _all_names(eng, o: dict, positional: list[str], running: bool = False) -> li
     if o.get("latest"):
         rows = eng.container_list(all=True)
         return [rows[0].id] if rows else []
-    return _names(positional)
+    return require_names(positional)
 
 
 def cmd_rm(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
@@ -264,7 +62,7 @@ def cmd_rm(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
                 return None
             raise
         return n
-    code = _each(names, rm) if names else 0
+    code = each_name(names, rm) if names else 0
     return code
 
 
@@ -276,7 +74,7 @@ def cmd_ps(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     if o["latest"]:
         rows = rows[:1]
     if o["last"] is not None:
-        rows = rows[:max(0, _int(o["last"], "--last"))]
+        rows = rows[:max(0, to_int(o["last"], "--last"))]
     if o["size"]:
         rows = [_with_size(eng, r) for r in rows]
     render_ps(rows, quiet=o["quiet"], no_trunc=o["no_trunc"], fmt=o["format"], size=o["size"],
@@ -301,7 +99,7 @@ def cmd_logs(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     from pinnace.cli.container_view import parse_log_time
     if len(positional) != 1:
         raise InvalidArgument("logs takes exactly one container")
-    tail = None if o["tail"] in (None, "all", "-1") else _int(o["tail"], "--tail")
+    tail = None if o["tail"] in (None, "all", "-1") else to_int(o["tail"], "--tail")
     lines = eng.container_logs(positional[0], follow=o["follow"], tail=tail, since_ns=parse_log_time(o["since"]),
                                until_ns=parse_log_time(o["until"]))
     from pinnace.runtime.logfile import rfc3339_nano
@@ -314,39 +112,9 @@ def cmd_logs(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     return 0
 
 
-def cmd_exec(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    from pinnace.engine.container_contract import ExecOptions
-    if len(positional) < 2:
-        raise InvalidArgument("exec needs a container and a command")
-    opts = ExecOptions(container=positional[0], command=tuple(positional[1:]), tty=o["tty"], stdin=o["interactive"],
-                       detach=o["detach"], env=tuple(o["env"]), env_files=tuple(o["env_file"]), user=o["user"],
-                       workdir=o["workdir"], privileged=o["privileged"])
-    if opts.detach:
-        null = os.open("/dev/null", os.O_RDWR)
-        eng.exec_wait(eng.container_exec(opts, (null, null, null)))
-        return 0
-    if opts.tty:
-        from pinnace.cli.exec_tty import run_with_pty
-        return run_with_pty(eng, opts)
-    stdin = 0 if opts.stdin else os.open("/dev/null", os.O_RDONLY)
-    sys.stdout.flush()
-    pid = eng.container_exec(opts, (stdin, 1, 2))
-    import signal
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, f, p=pid: _forward(p, s))
-    return eng.exec_wait(pid)
-
-
-def _forward(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def cmd_wait(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     conditions = tuple(o["condition"]) or ("stopped",)
-    return _each(positional, lambda n: eng.container_wait(n, conditions))
+    return each_name(positional, lambda n: eng.container_wait(n, conditions))
 
 
 def cmd_inspect(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
@@ -356,7 +124,7 @@ def cmd_inspect(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     if kind not in ("all", "container", "image"):
         raise InvalidArgument(f"invalid --type {kind!r} (container, image)")
     data, failures = [], []
-    for name in _names(positional, "object"):
+    for name in require_names(positional, "object"):
         try:
             if kind in ("all", "container"):
                 try:
@@ -406,11 +174,11 @@ def cmd_rename(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
 
 
 def cmd_pause(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    return _each(positional, lambda n: (eng.container_pause(n), n)[1])
+    return each_name(positional, lambda n: (eng.container_pause(n), n)[1])
 
 
 def cmd_unpause(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    return _each(positional, lambda n: (eng.container_unpause(n), n)[1])
+    return each_name(positional, lambda n: (eng.container_unpause(n), n)[1])
 
 
 def cmd_stats(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
@@ -437,11 +205,11 @@ def cmd_mount(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
             if is_mountpoint(__import__("pathlib").Path(path)):
                 print(f"{s.id[:12]} {path}")
         return 0
-    return _each(positional, lambda n: str(eng.container_mount(n)))
+    return each_name(positional, lambda n: str(eng.container_mount(n)))
 
 
 def cmd_unmount(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    return _each(positional, lambda n: (eng.container_unmount(n), n)[1])
+    return each_name(positional, lambda n: (eng.container_unmount(n), n)[1])
 
 
 def cmd_diff(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
@@ -497,13 +265,13 @@ def cmd_prune(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
 
 
 def cmd_cleanup(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    return _each(_all_names(eng, o, positional), lambda n: (eng.container_cleanup(n), n)[1])
+    return each_name(_all_names(eng, o, positional), lambda n: (eng.container_cleanup(n), n)[1])
 
 
 def cmd_exists(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     from pinnace.errors import NotFound
     try:
-        eng.container_inspect(_names(positional)[0])
+        eng.container_inspect(require_names(positional)[0])
         return 0
     except NotFound:
         return 1

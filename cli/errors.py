@@ -32,3 +32,25 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
             raise
         logging.getLogger("pinnace").debug("internal error", exc_info=True)
         return fail(f"internal error: {type(exc).__name__}: {exc} (PINNACE_DEBUG=1 shows the traceback)")
+
+
+def require_names(positional: list[str], what: str = "container") -> list[str]:
+    from pinnace.errors import InvalidArgument
+    if not positional:
+        raise InvalidArgument(f"requires at least 1 argument: the {what}")
+    return positional
+
+
+def each_name(positional: list[str], fn) -> int:  # noqa: ANN001
+    """Apply fn to each name; report failures like Docker (all of them, exit with the last one's code)."""
+    from pinnace.errors import PinnaceError
+    code = 0
+    for name in require_names(positional):
+        try:
+            out = fn(name)
+            if out is not None:
+                print(out)
+        except PinnaceError as exc:
+            sys.stderr.write(f"Error: {exc}\n")
+            code = exc.exit_code
+    return code

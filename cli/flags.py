@@ -126,3 +126,12 @@ def help_text(cmd: Command) -> str:
 def print_help(cmd: Command) -> int:
     sys.stdout.write(help_text(cmd))
     return 0
+
+
+def to_int(value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid value {value!r} for {flag}: a whole number") from None

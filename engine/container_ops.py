@@ -2,7 +2,6 @@
 commit. Lifecycle lives in engine/containers.py."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator

@@ -1,13 +1,11 @@
 """What `ps` and `inspect` show of containers: rows and Docker-shaped inspect documents."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from pinnace.engine.container_list import ContainerSummary
 from pinnace.engine.store import Store
-from pinnace.runtime import ctrstate
 
 def list_containers(store: Store, *, all: bool = False, filters: tuple[str, ...] = ()) -> list[ContainerSummary]:
     from pinnace.engine.container_list import list_containers as light_list

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pinnace.errors import CannotInvoke, CommandNotFound, NamespaceError
-from pinnace.runtime import syscalls
 from pinnace.runtime.nsjoin import HOLDER_NAME, PIDFILE, _is_our_holder, _join, _proc_stat, _read_pidfile  # noqa: F401
 
 LOCKFILE = "holder.lock"
