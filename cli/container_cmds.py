@@ -52,18 +52,21 @@ def _all_names(eng, o: dict, positional: list[str], running: bool = False) -> li
 def cmd_rm(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     t = _timeout(o)
     names = _all_names(eng, o, positional)
-    from pinnace.errors import NotFound
+    from pinnace.errors import Conflict, NotFound
 
     def rm(n: str) -> str | None:
         try:
             eng.container_remove(n, force=o["force"], volumes=o["volumes"], timeout=t)
-        except NotFound:
+        except NotFound as exc:
             if o["ignore"]:
                 return None
+            exc.exit_code = 1  # Podman's and Docker's code for "no such container"
+            raise
+        except Conflict as exc:
+            exc.exit_code = 2  # Podman's code for "running: use --force"
             raise
         return n
-    code = each_name(names, rm) if names else 0
-    return code
+    return each_name(names, rm) if names else 0
 
 
 def cmd_ps(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001

@@ -523,6 +523,21 @@ def test_name_conflict(p):
         p("rm", "-f", cid)
 
 
+def test_rm_exit_codes_are_podmans(p):
+    """rm: 1 for a container that does not exist, 2 for a running one without --force; -i ignores the first."""
+    missing = p("rm", "no-such-ctr-rm", check=False)
+    assert missing.rc == 1 and missing.err.startswith("Error: ") and "no-such-ctr-rm" in missing.err
+    assert p("rm", "-i", "no-such-ctr-rm", check=False).rc == 0
+    cid = detached(p, "--name", "rm-running", IMG, "sleep", "1000")
+    try:
+        running = p("rm", "rm-running", check=False)
+        assert running.rc == 2 and "--force" in running.err
+        assert p("ps", "-q", "--filter", "name=rm-running").out.strip() == cid[:12]
+    finally:
+        p("rm", "-f", cid)
+    assert p("ps", "-aq", "--filter", "name=rm-running").out.strip() == ""
+
+
 def test_pause_rootless_is_a_clear_error(p):
     cid = detached(p, IMG, "sleep", "1000")
     try:
