@@ -27,6 +27,7 @@ from pinnace.runtime import ctrstate
 LOG_NAME, CONFIG_NAME, SOCKET_NAME, LOCK_NAME = "ctr.log", "config.json", "attach", "lock"
 STOP_MARK = "stop-requested"      # `stop`/`kill` leave it: a restart policy does not apply afterwards
 HEALTH_NAME = "health.json"
+PENDING_LIMIT = 8 << 20           # bytes a client may fall behind before it is dropped
 ANN = "io.pinnace."
 
 
@@ -139,8 +140,11 @@ class Supervisor:
         self.log = LogWriter(os.path.join(container_dir, LOG_NAME), max_size or None)
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the container come back to us
         self.clients: dict[int, proto.FrameReader] = {}
+        # output a client has not taken yet: a stopped `attach` must not stall the container or its log
+        self.pending: dict[int, bytearray] = {}
         if client_fd is not None:
             self.clients[client_fd] = proto.FrameReader()
+            os.set_blocking(client_fd, False)
         try:
             os.unlink(SOCKET_NAME)
         except FileNotFoundError:
@@ -309,7 +313,9 @@ class Supervisor:
                 timeout = max(0.0, self.health.due(time.monotonic()))
             if code is not None:
                 timeout = 0.5  # draining: a process that kept the pipe open after init died
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready, writable, _ = select.select(fds, [c for c, buf in self.pending.items() if buf], [], timeout)
+            for fd in writable:
+                self._flush(fd)
             if not ready and code is not None:
                 break
             for fd in ready:
@@ -321,6 +327,7 @@ class Supervisor:
                 elif fd == self.listener.fileno():
                     conn, _ = self.listener._accept()
                     os.set_inheritable(conn, False)
+                    os.set_blocking(conn, False)
                     self.clients[conn] = proto.FrameReader()
                 elif fd in self.clients:
                     self._client_input(fd)
@@ -384,13 +391,26 @@ class Supervisor:
             self._send(client, payload)
 
     def _send(self, client: int, payload: bytes) -> None:
-        try:
-            proto.send_all(client, payload)
-        except OSError:
-            self._drop(client)
+        buf = self.pending.setdefault(client, bytearray())
+        buf += payload
+        self._flush(client)
+        if len(self.pending.get(client, b"")) > PENDING_LIMIT:
+            self._drop(client)  # a client that stopped reading is let go, as a slow `docker attach` would be
+
+    def _flush(self, client: int) -> None:
+        buf = self.pending.get(client)
+        while buf:
+            try:
+                del buf[:os.write(client, buf)]
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop(client)
+                return
 
     def _drop(self, client: int) -> None:
         self.clients.pop(client, None)
+        self.pending.pop(client, None)
         try:
             os.close(client)
         except OSError:
@@ -448,8 +468,14 @@ class Supervisor:
 
     # -- the end ----------------------------------------------------------------------------------------
     def _send_exit(self, code: int) -> None:
+        """The exit code to every client, with what they have not read yet (each gets up to 5 s)."""
+        import select
         for client in list(self.clients):
             self._send(client, proto.frame(proto.EXIT, str(code).encode()))
+            deadline = time.monotonic() + 5
+            while self.pending.get(client) and time.monotonic() < deadline:
+                select.select([], [client], [], max(0.0, deadline - time.monotonic()))
+                self._flush(client)
             self._drop(client)
 
     def _finish(self, code: int) -> None:
