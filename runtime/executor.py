@@ -61,6 +61,9 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
     sys.stdout.flush()
     sys.stderr.flush()
     report_r, report_w = os.pipe() if direct else (-1, -1)
+    # closed (O_CLOEXEC) when the container's command has been exec'd, or when its setup failed: `run -d`
+    # and `exec` right after it must find the container set up (pivoted), not half-way
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC) if direct else (-1, -1)
     keep_id = spec.get("annotations", {}).get(KEEP_ID_ANNOTATION)
     userns_sync = (os.pipe(), os.pipe()) if keep_id else None
     child = os.fork()
@@ -82,6 +85,9 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
                 if direct:
                     os.close(report_r)
                     os.close(report_w)
+                    os.close(ready_r)
+                    global _READY_FD
+                    _READY_FD = ready_w
                 _container_init(spec)  # never returns
             if direct:
                 os.write(report_w, f"{init}\n".encode())
@@ -97,12 +103,16 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
     if not direct:
         return child
     os.close(report_w)
+    os.close(ready_w)
     try:
         data = b""
         while chunk := os.read(report_r, 64):
             data += chunk
+        while os.read(ready_r, 64):  # EOF: exec'd, or failed and gone
+            pass
     finally:
         os.close(report_r)
+        os.close(ready_r)
     os.waitpid(child, 0)
     if not data.strip():
         raise SetupError("the container's init did not start")
@@ -231,11 +241,16 @@ def _set_cmdline(name: bytes) -> None:
         pass
 
 
+_READY_FD = -1  # in the container's init: the write end of start()'s readiness pipe
+
+
 def _init_loop(command: int) -> None:
     """`--init`: stay pid 1, forward signals to the command (which, not being pid 1, can be killed by them),
     reap every orphan, and exit with the command's status. Runs after pivot_root, so it uses only what is
     already imported (os, signal)."""
     _set_cmdline(b"pinnace-init")  # else /proc/1/cmdline would show the supervisor's host command line
+    if _READY_FD >= 0:
+        os.close(_READY_FD)  # pid 1 never execs: the command's exec closes the other copy
     def forward(signum: int, frame: object) -> None:
         try:
             os.kill(command, signum)
