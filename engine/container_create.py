@@ -78,6 +78,9 @@ def _etc_files(cdir: Path, opts: ContainerCreateOptions, hostname: str) -> list[
     """/etc/hosts, /etc/hostname and /etc/resolv.conf of the container, bound from its directory."""
     hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     hosts.append(f"127.0.1.1\t{hostname}")
+    if opts.network == "usermode":
+        from pinnace.net.usermode import GATEWAY, GATEWAY_NAME
+        hosts.append(f"{GATEWAY}\t{GATEWAY_NAME}")
     for item in opts.add_hosts:
         name, sep, ip = item.partition(":")
         if not sep or not name or not ip:
@@ -106,9 +109,9 @@ def _etc_files(cdir: Path, opts: ContainerCreateOptions, hostname: str) -> list[
 def create_container(store: Store, opts: ContainerCreateOptions, progress: "ProgressCallback | None" = None) -> str:
     from pinnace.engine.images import image_config
     from pinnace.storage.containers import ContainerStore, new_container_id
-    if opts.network not in ("none", "host"):
-        raise InvalidArgument(f"--network {opts.network}: only 'none' and 'host' are available until user-mode "
-                              "networking lands")
+    if opts.network not in ("none", "host", "usermode"):
+        raise InvalidArgument(f"--network {opts.network}: 'none', 'host' and the preview 'usermode' are available "
+                              "until user-mode networking lands")
     if opts.publish:
         raise InvalidArgument("-p/--publish needs user-mode networking, which is not available yet")
     restart = parse_restart(opts.restart)
@@ -195,6 +198,8 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
                       readonly_rootfs=opts.read_only, own_netns=opts.network != "host",
                       rootless=store.config.rootless, extra_mounts=extra)
     ann = spec["annotations"]
+    if opts.network == "usermode":
+        ann[ANN + "network"] = "usermode"
     ann.update({ANN + "id": cid, ANN + "name": name, ANN + "root": str(store.layout.root),
                 ANN + "runroot": str(store.layout.runroot), ANN + "restart": restart,
                 ANN + "autoremove": "true" if opts.autoremove else "false",

@@ -50,11 +50,14 @@ def wait_exit(pid: int) -> int:
     return _exit_code(os.waitpid(pid, 0)[1])
 
 
-def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool = False) -> int:
+def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool = False,
+          handoff: list[int] | None = None) -> int:
     """Start the container; return the pid to wait for (its exit status is the container's).
     `stdio`: file descriptors for the container's stdin, stdout and stderr (default: ours).
     `direct`: return the container's init itself (the intermediate process exits at once), so that the
-    caller, which must be a child subreaper, waits for and signals the init directly (the supervisor)."""
+    caller, which must be a child subreaper, waits for and signals the init directly (the supervisor).
+    `handoff` (with `direct`): receives the fds the container's network setup made inside its namespace
+    for the caller (user-mode networking: the listener the relay serves)."""
     flags = 0
     for ns in spec["linux"]["namespaces"]:
         flags |= _NS_FLAGS[ns["type"]]
@@ -66,6 +69,8 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC) if direct else (-1, -1)
     keep_id = spec.get("annotations", {}).get(KEEP_ID_ANNOTATION)
     userns_sync = (os.pipe(), os.pipe()) if keep_id else None
+    network = spec.get("annotations", {}).get(NETWORK_ANNOTATION)
+    fd_channel = _socket_pair() if network and direct else None
     child = os.fork()
     if child == 0:
         code = EXIT_SETUP_FAILED
@@ -80,6 +85,12 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
                 from pinnace.runtime import cgroups
                 cgroups.enter(cgroups.from_json(json.loads(cgroup)).paths)
             syscalls.unshare(flags)
+            if fd_channel is not None:  # in the new network namespace, before anything runs there
+                from pinnace.net.usermode import setup_namespace
+                fds = setup_namespace(network)
+                fd_channel[1].sendmsg([b"n"], [(_SOL_SOCKET, _SCM_RIGHTS, _fd_bytes(fds))])
+                for fd in fds:
+                    os.close(fd)
             init = os.fork()  # the first child in a new pid namespace is its pid 1
             if init == 0:
                 if direct:
@@ -104,6 +115,15 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
         return child
     os.close(report_w)
     os.close(ready_w)
+    if fd_channel is not None:
+        fd_channel[1].close()
+        try:
+            _, ancillary, _, _ = fd_channel[0].recvmsg(1, 256)
+        finally:
+            fd_channel[0].close()
+        for level, kind, data in ancillary:
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS and handoff is not None:
+                handoff.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4))
     try:
         data = b""
         while chunk := os.read(report_r, 64):
@@ -120,6 +140,19 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
 
 
 KEEP_ID_ANNOTATION = "io.pinnace.keep-id"
+NETWORK_ANNOTATION = "io.pinnace.network"   # "usermode": set up by net/usermode.py in the new namespace
+
+
+def _socket_pair():  # noqa: ANN202 - a pair of _socket.socket (not `socket`: the supervisor's RSS)
+    import _socket
+    return _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+
+
+_SOL_SOCKET, _SCM_RIGHTS = 1, 1
+
+
+def _fd_bytes(fds: list[int]) -> bytes:
+    return b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
 
 
 def _enter_own_userns(sync: tuple[tuple[int, int], tuple[int, int]]) -> None:

@@ -163,6 +163,7 @@ class Supervisor:
         self.stdin_fd: int | None = None
         self.master: int | None = None
         self.early_status: int | None = None
+        self.relay = None   # net.relay.Relay of a --network usermode container
         self.pid = self.init_pid = 0   # the process we wait for; the container's init (differ with --runtime)
         self.restarts = int(ctrstate.read_state(container_dir).get("restart_count") or 0)
         self.health = None
@@ -203,7 +204,11 @@ class Supervisor:
             if runtime:
                 self.pid, self.init_pid = self._start_external(runtime, stdio)
             else:
-                self.pid = self.init_pid = executor.start(self.spec, stdio, direct=True)
+                handoff: list[int] = []
+                self.pid = self.init_pid = executor.start(self.spec, stdio, direct=True, handoff=handoff)
+                if handoff:  # user-mode networking: the listener made in the container's namespace
+                    from pinnace.net.usermode import relay_for
+                    self.relay = relay_for(handoff)
         finally:
             for fd in child_fds:
                 os.close(fd)
@@ -313,9 +318,21 @@ class Supervisor:
                 timeout = max(0.0, self.health.due(time.monotonic()))
             if code is not None:
                 timeout = 0.5  # draining: a process that kept the pipe open after init died
-            ready, writable, _ = select.select(fds, [c for c, buf in self.pending.items() if buf], [], timeout)
+            want_write = [c for c, buf in self.pending.items() if buf]
+            relay_r: list[int] = []
+            if self.relay is not None:
+                relay_r, relay_w = self.relay.fds()
+                fds += relay_r
+                want_write += relay_w
+            ready, writable, _ = select.select(fds, want_write, [], timeout)
             for fd in writable:
-                self._flush(fd)
+                if fd in self.pending:
+                    self._flush(fd)
+                else:
+                    self.relay.on_writable(fd)
+            for fd in [f for f in ready if f in relay_r]:
+                self.relay.on_readable(fd)
+            ready = [f for f in ready if f not in relay_r]
             if not ready and code is not None:
                 break
             for fd in ready:
@@ -340,6 +357,9 @@ class Supervisor:
                 code = reaped
             if self.health is not None and code is None:
                 self._health_tick()
+        if self.relay is not None:
+            self.relay.close()  # the namespace is gone with the container: its connections end here
+            self.relay = None
         if self.health is not None:
             self.health.close()  # a check still running is killed with its process group
             if self.health_fd is not None:
