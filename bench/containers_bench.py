@@ -20,7 +20,6 @@ pinnace/podman (< 1 means pinnace is faster).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from images_bench import CommandFailed, Tool, machine_facts, pinnace_tool, podman_tool  # noqa: E402
+from images_bench import CommandFailed, Tool, machine_facts, pinnace_tool, podman_tool, publish  # noqa: E402
 
 IDLE_CONTAINERS = 20
 IDLE_SETTLE_SECONDS = 2.0  # let the supervisors finish starting up before their memory is read
@@ -379,14 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = report(bench, facts, args.label)
     print_table(data)
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"\nwritten: {args.json}")
-    failed = {t.name: sorted(t.errors) for t in tools if t.errors}
-    if failed:
-        print(f"\nfailed operations: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return publish(data, args.json, tools)
 
 
 if __name__ == "__main__":

@@ -273,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
 
     data = report(tools, args.reps, facts, args.label)
     print_table(data)
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"\nwritten: {args.json}")
+    return publish(data, args.json, tools)
+
+
+def publish(data: dict, json_path: Path | None, tools: list[Tool]) -> int:
+    """Write the JSON results; exit status 1 if any operation failed (both benches end this way)."""
+    if json_path:
+        json_path.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"\nwritten: {json_path}")
     failed = {t.name: sorted(t.errors) for t in tools if t.errors}
     if failed:
         print(f"\nfailed operations: {failed}", file=sys.stderr)

@@ -23,13 +23,13 @@ def _split_flag(arg: str) -> tuple[str, str | None]:
 _GLOBAL_ANY = _GLOBAL_VALUE | {"--storage-driver", "--log-level"}
 
 
-def split_globals(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
+def split_globals(argv: list[str], allowed: set[str] = _GLOBAL_ANY) -> tuple[dict[str, str], list[str]] | None:
     """Global flags (all valued) and the rest; None when something else (--help, --version) comes first."""
     globals_: dict[str, str] = {}
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         flag, value = _split_flag(argv[i])
-        if flag not in _GLOBAL_ANY:
+        if flag not in allowed:
             return None
         if value is None:
             if i + 1 >= len(argv):
@@ -43,20 +43,10 @@ def split_globals(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
 
 def try_fast_path(argv: list[str]) -> int | None:
     """Run `argv` (without the program name) if it is a hot command in a simple form; else None."""
-    globals_: dict[str, str] = {}
-    i = 0
-    while i < len(argv) and argv[i].startswith("-"):
-        flag, value = _split_flag(argv[i])
-        if flag not in _GLOBAL_VALUE:
-            return None
-        if value is None:
-            if i + 1 >= len(argv):
-                return None
-            value = argv[i + 1]
-            i += 1
-        globals_[flag] = value
-        i += 1
-    rest = argv[i:]
+    split = split_globals(argv, _GLOBAL_VALUE)  # --storage-driver and --log-level: typer validates them
+    if split is None:
+        return None
+    globals_, rest = split
     import os
     if os.environ.get("PINNACE_STORAGE_DRIVER", "overlay") != "overlay":
         return None  # typer's path validates the driver

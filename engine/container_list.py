@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 
-from pinnace.errors import InvalidArgument, StorageError
+from pinnace.errors import InvalidArgument
 from pinnace.runtime import ctrstate
 
 PS_FILTERS = ("status", "name", "label", "ancestor", "id", "exited", "health")
@@ -88,27 +87,13 @@ def all_match(s: ContainerSummary, by_key: dict[str, list[str]]) -> bool:
 
 def list_containers(root: str, *, all: bool = False, filters: tuple[str, ...] | list[str] = ()) -> list[ContainerSummary]:
     """Rows for `ps`, newest first; without `all` only running, paused, stopping and restarting ones."""
-    from pinnace.engine.image_list import parse_filters
+    from pinnace.engine.image_list import parse_filters, read_store
     by_key: dict[str, list[str]] = {}
     for k, v in parse_filters(filters, PS_FILTERS, "container"):
         by_key.setdefault(k, []).append(v)
-    db_path = os.path.join(root, "state.db")
-    if not os.path.exists(db_path):
-        return []
-    try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
-        try:
-            conn.execute("PRAGMA busy_timeout=60000")
-            rows = conn.execute("SELECT c.id, c.name, c.image_id, r.created, r.record FROM containers c "
-                                "JOIN container_records r ON r.id = c.id ORDER BY r.created DESC").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []  # a store from before containers existed
-        raise StorageError(f"cannot read {db_path}: {exc}") from None
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot read {db_path}: {exc}") from None
+    rows = read_store(root, lambda conn: conn.execute(
+        "SELECT c.id, c.name, c.image_id, r.created, r.record FROM containers c "
+        "JOIN container_records r ON r.id = c.id ORDER BY r.created DESC").fetchall())
     out = []
     for cid, name, image_id, created, raw in rows:
         s = summary(cid, name, image_id, created, json.loads(raw), os.path.join(root, "containers", cid))

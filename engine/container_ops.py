@@ -19,17 +19,13 @@ from pinnace.runtime import ctrstate
 def logs(store: Store, name: str, *, follow: bool = False, tail: int | None = None, since_ns: int | None = None,
          until_ns: int | None = None) -> Iterator:
     """Log lines (runtime.logfile.LogLine); with `follow`, new lines until the container stops."""
-    from pinnace.runtime.logfile import parse_log, read_log
+    from pinnace.runtime.logfile import parse_log, read_log_from
     c = get(store, name)
     path = str(c.dir / "ctr.log")
-    lines = read_log(path, tail=tail, since_ns=since_ns, until_ns=until_ns)
+    lines, offset = read_log_from(path, tail=tail, since_ns=since_ns, until_ns=until_ns)
     yield from lines
     if not follow:
         return
-    try:
-        offset = os.path.getsize(path)
-    except OSError:
-        offset = 0
     pending = b""
     while True:
         running = is_running(c.state()) or c.state().get("status") == ctrstate.STOPPING

@@ -10,6 +10,10 @@ import sqlite3
 
 from pinnace.errors import InvalidArgument, StorageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 FILTER_KEYS = ("reference", "dangling", "label", "id", "digest")
 
 
@@ -90,9 +94,9 @@ def _matches(key: str, value: str, image_id: str, names: list[str], manifest_dig
     return k in labels and (not sep or labels[k] == v)
 
 
-def list_images(root: str, filters: tuple[str, ...] | list[str] = ()) -> list[ImageSummary]:
-    """Rows for `images`, newest first. `root` is the store root; a store that does not exist is empty."""
-    parsed = parse_filters(filters)
+def read_store(root: str, read: "Callable[[sqlite3.Connection], list]") -> list:
+    """`read(conn)` on a read-only connection to the store's database (the light listings' way in: no
+    Database class); [] for a store that does not exist yet or has no such table yet."""
     db_path = os.path.join(root, "state.db")
     if not os.path.exists(db_path):
         return []
@@ -100,22 +104,31 @@ def list_images(root: str, filters: tuple[str, ...] | list[str] = ()) -> list[Im
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
         try:
             conn.execute("PRAGMA busy_timeout=60000")
-            names: dict[str, list[str]] = {}
-            digests: dict[str, list[str]] = {}
-            users: dict[str, int] = {}
-            for name, iid in conn.execute("SELECT name, image_id FROM image_names ORDER BY name"):
-                names.setdefault(iid, []).append(name)
-            for rd, iid in conn.execute("SELECT repo_digest, image_id FROM image_digests ORDER BY repo_digest"):
-                digests.setdefault(iid, []).append(rd)
-            for iid, n in conn.execute("SELECT image_id, COUNT(*) FROM containers GROUP BY image_id"):
-                users[iid] = n
-            images = conn.execute("SELECT id, manifest_digest, created, size FROM images ORDER BY added DESC").fetchall()
+            return read(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         if "no such table" in str(exc):
-            return []  # created but never written to
+            return []  # created but never written to, or written by an older pinnace
         raise StorageError(f"cannot read {db_path}: {exc}") from None
+
+
+def list_images(root: str, filters: tuple[str, ...] | list[str] = ()) -> list[ImageSummary]:
+    """Rows for `images`, newest first. `root` is the store root; a store that does not exist is empty."""
+    parsed = parse_filters(filters)
+    names: dict[str, list[str]] = {}
+    digests: dict[str, list[str]] = {}
+    users: dict[str, int] = {}
+
+    def read(conn: sqlite3.Connection) -> list:
+        for name, iid in conn.execute("SELECT name, image_id FROM image_names ORDER BY name"):
+            names.setdefault(iid, []).append(name)
+        for rd, iid in conn.execute("SELECT repo_digest, image_id FROM image_digests ORDER BY repo_digest"):
+            digests.setdefault(iid, []).append(rd)
+        for iid, n in conn.execute("SELECT image_id, COUNT(*) FROM containers GROUP BY image_id"):
+            users[iid] = n
+        return conn.execute("SELECT id, manifest_digest, created, size FROM images ORDER BY added DESC").fetchall()
+    images = read_store(root, read)
     need_labels = any(k == "label" for k, _ in parsed)
     patterns = [v for k, v in parsed if k == "reference"]
     rows: list[ImageSummary] = []

@@ -115,13 +115,21 @@ def parse_log(data: bytes) -> list[LogLine]:
 
 def read_log(path: str, *, tail: int | None = None, since_ns: int | None = None,
              until_ns: int | None = None) -> list[LogLine]:
+    return read_log_from(path, tail=tail, since_ns=since_ns, until_ns=until_ns)[0]
+
+
+def read_log_from(path: str, *, tail: int | None = None, since_ns: int | None = None,
+                  until_ns: int | None = None) -> tuple[list[LogLine], int]:
+    """The lines, and the offset just after the last complete record read: where `logs -f` goes on, so that
+    a line written while we read is neither lost nor shown twice."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return []
-    lines = [line for line in parse_log(data)
+        return [], 0
+    end = data.rfind(b"\n") + 1
+    lines = [line for line in parse_log(data[:end])
              if (since_ns is None or line.time_ns >= since_ns) and (until_ns is None or line.time_ns <= until_ns)]
     if tail is not None:
         lines = lines[-tail:] if tail > 0 else []
-    return lines
+    return lines, end

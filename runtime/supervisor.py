@@ -202,7 +202,9 @@ class Supervisor:
                 self.outputs = {out_r: "stdout", err_r: "stderr"}
             runtime = self.spec.get("annotations", {}).get(ANN + "runtime")
             if runtime:
-                self.pid, self.init_pid = self._start_external(runtime, stdio)
+                from pinnace.runtime.external_runtime import start_external
+                self.pid, self.init_pid, self.early_status = start_external(
+                    runtime, self.dir, self.spec["annotations"][ANN + "id"], stdio)
             else:
                 handoff: list[int] = []
                 self.pid = self.init_pid = executor.start(self.spec, stdio, direct=True, handoff=handoff)
@@ -219,36 +221,6 @@ class Supervisor:
                               supervisor_pid=os.getpid(), supervisor_start=ctrstate.start_time(os.getpid()),
                               started_at=ctrstate.now_rfc3339(), restart_count=self.restarts, error="")
         return self.pid
-
-    def _start_external(self, runtime: str, stdio: tuple[int, int, int]) -> tuple[int, int]:
-        """`--runtime PATH`: the same config.json run by crun/runc (`run --bundle`); we wait for the
-        runtime's process (it forwards signals and exits with the container's status) and record the
-        container's init from `state` for signals and exec."""
-        cid = self.spec["annotations"][ANN + "id"]
-        state_dir = os.path.join(self.dir, "runtime")
-        os.makedirs(state_dir, exist_ok=True)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                for target, fd in enumerate(stdio):
-                    os.dup2(fd, target)
-                os.execv(runtime, [runtime, "--root", state_dir, "run", "--bundle", self.dir, cid])
-            finally:
-                os._exit(127)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            import subprocess
-            out = subprocess.run([runtime, "--root", state_dir, "state", cid], capture_output=True)
-            if out.returncode == 0:
-                init = int(json.loads(out.stdout).get("pid") or 0)
-                if init:
-                    return pid, init
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:  # already over (a short command): its status is the container's
-                self.early_status = status
-                return pid, pid
-            time.sleep(0.01)
-        return pid, pid
 
     def loop(self) -> int:
         try:

@@ -592,3 +592,19 @@ def test_rootful_pause_unpause(p):
         poll(lambda: p("logs", cid).out.count("\n") > frozen.count("\n") + 3, what="the counter again")
     finally:
         p("rm", "-f", cid)
+
+
+def test_external_runtime_runs_the_same_config(p):
+    """--runtime runs the bundle's config.json with runc (installed by .ci/run): output, exit code, exec, stop."""
+    res = p("run", "--rm", "--runtime", "/usr/bin/runc", IMG, "sh", "-c", "echo via runc; hostname; exit 3",
+            check=False)
+    lines = res.out.splitlines()
+    assert res.rc == 3 and lines[0] == "via runc" and re.fullmatch(r"[0-9a-f]{12}", lines[1]), res
+    cid = detached(p, "--runtime", "/usr/bin/runc", IMG, "sleep", "1000")
+    try:
+        assert fmt(p, cid, "{{.OCIRuntime}}") == "/usr/bin/runc"
+        assert p("exec", cid, "cat", "/proc/1/cmdline").out.startswith("sleep")
+        p("stop", "-t", "1", cid)
+        assert fmt(p, cid, "{{.State.Status}} {{.State.ExitCode}}") == "exited 137"
+    finally:
+        p("rm", "-f", cid)
