@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from images_bench import CommandFailed, Tool, machine_facts, pinnace_tool, podman_tool, publish  # noqa: E402
+from images_bench import (CommandFailed, Tool, common_arguments, machine_facts, pinnace_tool,  # noqa: E402
+                          podman_tool, publish)
 
 IDLE_CONTAINERS = 20
 IDLE_SETTLE_SECONDS = 2.0  # let the supervisors finish starting up before their memory is read
@@ -319,15 +320,8 @@ def cleanup_pinnace(bench: Bench, tool: Tool, runroot: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    here = Path(sys.executable).with_name("pinnace")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--only", choices=("pinnace", "podman"))
-    ap.add_argument("--pinnace", default=str(here), help=f"pinnace command (default {here})")
-    ap.add_argument("--podman", default="podman")
-    ap.add_argument("--registry", default=os.environ.get("PINNACE_TEST_REGISTRY", "127.0.0.1:5000"))
-    ap.add_argument("--workdir", type=Path, help="where the temporary stores go (default: $TMPDIR)")
+    common_arguments(ap, reps=10)
     ap.add_argument("--label", default="", help="a line printed above the table (where the stores are)")
     args = ap.parse_args(argv)
     if args.reps < 1:

@@ -218,16 +218,21 @@ def cleanup_pinnace(tool: Tool, workdir: Path, log) -> None:
         log(f"pinnace: could not remove all of {workdir} (files owned by subordinate ids?)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def common_arguments(ap: argparse.ArgumentParser, reps: int) -> None:
+    """The options both benches take."""
     here = Path(sys.executable).with_name("pinnace")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=reps)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--only", choices=("pinnace", "podman"))
     ap.add_argument("--pinnace", default=str(here), help=f"pinnace command (default {here})")
     ap.add_argument("--podman", default="podman")
     ap.add_argument("--registry", default=os.environ.get("PINNACE_TEST_REGISTRY", "127.0.0.1:5000"))
     ap.add_argument("--workdir", type=Path, help="where the temporary stores go (default: $TMPDIR)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_arguments(ap, reps=5)
     ap.add_argument("--settle", type=float, default=SETTLE_SECONDS,
                     help=f"seconds to wait after each reset before a cold pull (default {SETTLE_SECONDS})")
     ap.add_argument("--label", default="", help="a line printed above the table (where the stores are)")

@@ -60,16 +60,17 @@ def get(store: Store, text: str) -> Container:
 
 @contextmanager
 def locked(c: Container) -> Iterator[None]:
-    import fcntl
+    """The container's lock (its supervisor takes it too, to clean up after the exit)."""
+    from pinnace.storage.locks import FileLock
+    lock = FileLock(c.dir / "lock")
     try:
-        fd = os.open(c.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock.acquire()
     except FileNotFoundError:
         raise NotFound(f"no such container {c.name}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 # -- start ---------------------------------------------------------------------------------------------

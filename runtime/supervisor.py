@@ -46,6 +46,13 @@ def _reset_child_state(keep: set[int]) -> None:
     os.closerange(top, 1 << 16)
 
 
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def start_supervisor(container_dir: str, runroot: str, *, fresh: bool, client_fd: int | None = None,
                      timeout: float = 30.0) -> tuple[int, int]:
     """Start the supervisor of the container in `container_dir`; return (supervisor pid, container pid).
@@ -145,10 +152,7 @@ class Supervisor:
         if client_fd is not None:
             self.clients[client_fd] = proto.FrameReader()
             os.set_blocking(client_fd, False)
-        try:
-            os.unlink(SOCKET_NAME)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(SOCKET_NAME)
         self.listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -473,29 +477,26 @@ class Supervisor:
     def _finish(self, code: int) -> None:
         """Record the exit, then clean up under the container's lock (a concurrent `rm -f` waits for
         us), then tell attached clients: when `run --rm` returns, nothing is left."""
-        import fcntl
         self.log.close()
         self.listener.close()
-        try:
-            os.unlink(SOCKET_NAME)
-        except OSError:
-            pass
-        lock = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _unlink_quietly(SOCKET_NAME)
+        from pinnace.storage.locks import FileLock
         error = ""
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            ctrstate.update_state(self.dir, status=ctrstate.EXITED, exit_code=code, pid=0,
-                                  finished_at=ctrstate.now_rfc3339(), supervisor_pid=0)
-            ann = self.spec.get("annotations", {})
-            from pinnace.engine.container_cleanup import cleanup_after_exit
-            cleanup_after_exit(ann[ANN + "root"], ann[ANN + "runroot"], ann[ANN + "id"], remove=self.autoremove)
+            with FileLock(LOCK_NAME):  # the lock engine/containers.locked() takes
+                self._cleanup(code)
         except BaseException as exc:  # noqa: BLE001 - recorded for `inspect`; the exit code still goes out
             error = str(exc)
-        finally:
-            os.close(lock)
         if error and not self.autoremove:
             try:
                 ctrstate.update_state(self.dir, error=f"cleanup: {error}")
             except OSError:
                 pass
         self._send_exit(code)
+
+    def _cleanup(self, code: int) -> None:
+        ctrstate.update_state(self.dir, status=ctrstate.EXITED, exit_code=code, pid=0,
+                              finished_at=ctrstate.now_rfc3339(), supervisor_pid=0)
+        ann = self.spec.get("annotations", {})
+        from pinnace.engine.container_cleanup import cleanup_after_exit
+        cleanup_after_exit(ann[ANN + "root"], ann[ANN + "runroot"], ann[ANN + "id"], remove=self.autoremove)
