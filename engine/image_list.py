@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from pinnace.errors import InvalidArgument, StorageError
 
@@ -100,17 +101,27 @@ def read_store(root: str, read: "Callable[[sqlite3.Connection], list]") -> list:
     db_path = os.path.join(root, "state.db")
     if not os.path.exists(db_path):
         return []
-    try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            conn.execute("PRAGMA busy_timeout=60000")
-            return read(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        if "no such table" in str(exc):
-            return []  # created but never written to, or written by an older pinnace
-        raise StorageError(f"cannot read {db_path}: {exc}") from None
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=60)
+            try:
+                conn.execute("PRAGMA busy_timeout=60000")
+                return read(conn)
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as exc:
+            # a writer's close (WAL checkpoint and delete) can answer SQLITE_BUSY without the busy handler:
+            # a window of milliseconds, so retry (as storage/db.Database does)
+            text = str(exc)
+            if ("locked" in text or "busy" in text) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            if "no such table" in text:
+                return []  # created but never written to, or written by an older pinnace
+            raise StorageError(f"cannot read {db_path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read {db_path}: {exc}") from None
 
 
 def list_images(root: str, filters: tuple[str, ...] | list[str] = ()) -> list[ImageSummary]:

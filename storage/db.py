@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Iterator
@@ -83,39 +84,63 @@ CREATE INDEX IF NOT EXISTS image_names_image ON image_names(image_id);
 """
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
 class Database:
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = path
         # One connection serves every thread of a command (parallel layer downloads record their layers):
         # a connection is not safe for concurrent use, so each statement and transaction holds this lock.
         self._lock = threading.RLock()
+        # Opening can fail with SQLITE_BUSY without the busy handler ever running: while the last
+        # connection of another process checkpoints and deletes the WAL on close, or while a new database
+        # is switched to WAL. Those windows are milliseconds long, so the open is retried for a while.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.conn = self._connect(path, readonly)
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise StorageError(f"cannot open database {path}: {exc}") from None
+                time.sleep(0.02)
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open database {path}: {exc}") from None
+
+    def _connect(self, path: Path, readonly: bool) -> sqlite3.Connection:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60,
+                                   isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         try:
-            if readonly:
-                self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60,
-                                            isolation_level=None, check_same_thread=False)
-            else:
-                self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-                self.conn.execute("PRAGMA journal_mode=WAL")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: commits do not fsync; the database stays consistent after any crash, and
                 # at worst the last transactions before a power cut are lost (objects are fsynced apart)
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self.conn.execute("PRAGMA busy_timeout=60000")
-            self.conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.row_factory = sqlite3.Row
             if not readonly:
-                self._migrate()
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open database {path}: {exc}") from None
+                self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _migrate(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
             raise StorageError(f"database {self.path} was written by a newer pinnace (schema {version})")
         # One script in one IMMEDIATE transaction: concurrent first runs serialise, and CREATE IF NOT EXISTS
         # makes the loser's run a no-op.
-        self.conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA};PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA};PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
