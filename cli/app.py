@@ -52,10 +52,11 @@ def version_cmd(fmt: str = typer.Option(None, "--format", "-f")) -> None:
 
 
 def _register() -> None:
-    from pinnace.cli import image_cmds, system_cmds, volume_cmds
+    from pinnace.cli import image_cmds, network_cmds, system_cmds, volume_cmds
     image_cmds.register(app, image_app)
     system_cmds.register(app, system_app)
     volume_cmds.register(app)
+    network_cmds.register(app)
     _register_container_commands()
 
 

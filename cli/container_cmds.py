@@ -9,7 +9,7 @@ from pinnace.cli.container_run import (CREATE_FLAGS, cmd_attach, cmd_create, cmd
                                       cmd_start)
 from pinnace.cli.errors import each_name, require_names
 from pinnace.cli.flags import BOOL, LIST, VALUE, Command, Flag, HelpRequested, parse, print_help, to_int
-from pinnace.errors import InvalidArgument
+from pinnace.errors import InvalidArgument, NotFound
 
 F = Flag
 _FORMAT = F(("--format",), "format", VALUE, "json, table, or a Go template", "FORMAT")
@@ -161,11 +161,26 @@ def cmd_top(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
 
 
 def cmd_port(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
-    if not positional:
-        raise InvalidArgument("port needs a container")
+    """Docker's `port`: "80/tcp -> 0.0.0.0:8080" per binding; `port C 80[/udp]` prints the addresses only."""
+    if not positional or len(positional) > 2:
+        raise InvalidArgument("port takes a container and optionally PRIVATE_PORT[/PROTO]")
     info = eng.container_inspect(positional[0])
-    for spec in info["HostConfig"].get("PortBindings", {}) or {}:
-        print(spec)
+    ports = info["NetworkSettings"].get("Ports") or {}
+    private = positional[1] if len(positional) == 2 else None
+    if private is not None and "/" not in private:
+        private += "/tcp"
+    lines = []
+    for key, bindings in ports.items():
+        if private is not None and key != private:
+            continue
+        for b in bindings or []:
+            ip = b.get("HostIp") or "0.0.0.0"
+            address = f"[{ip}]:{b['HostPort']}" if ":" in ip else f"{ip}:{b['HostPort']}"
+            lines.append(address if private else f"{key} -> {address}")
+    if private is not None and not lines:
+        raise NotFound(f"No public port '{private}' published for {positional[0]}")
+    for line in lines:
+        print(line)
     return 0
 
 

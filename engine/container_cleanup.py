@@ -12,14 +12,19 @@ from pathlib import Path
 
 
 def release_resources(container_dir: Path) -> None:
-    """Unmount the rootfs and remove the cgroup; idempotent."""
+    """Unmount the rootfs, remove the cgroup, give user-network addresses back; idempotent."""
     from pinnace.runtime import mounts
     mounts.unmount(container_dir / "merged")
     try:
         with open(container_dir / "config.json") as f:
-            raw = json.load(f).get("annotations", {}).get("io.pinnace.cgroup")
+            ann = json.load(f).get("annotations", {})
     except (OSError, ValueError):
-        raw = None
+        ann = {}
+    raw = ann.get("io.pinnace.cgroup")
+    if ann.get("io.pinnace.network") == "bridge":
+        from pinnace.net.container_net import release_addresses
+        release_addresses(ann["io.pinnace.root"], ann["io.pinnace.runroot"], ann["io.pinnace.id"], None,
+                          str(container_dir))
     if raw:
         from pinnace.runtime import cgroups
         cgroups.remove(cgroups.from_json(json.loads(raw)))

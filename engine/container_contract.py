@@ -45,8 +45,11 @@ class ContainerCreateOptions:
     ulimits: tuple[str, ...] = ()
     pull: str = "missing"                # missing | always | never
     platform: str | None = None
-    network: str = "none"                # none | host (user-mode networking: the networking issue)
-    publish: tuple[str, ...] = ()
+    network: str = ""                    # "" (user-mode), host, none, container:NAME, a user network
+    publish: tuple[str, ...] = ()        # -p specs
+    publish_all: bool = False            # -P: every exposed port on a random host port
+    expose: tuple[str, ...] = ()         # --expose (more ports for -P)
+    network_aliases: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()
     tmpfs: tuple[str, ...] = ()

@@ -16,6 +16,7 @@ from pinnace.engine.container_contract import ContainerCreateOptions
 TYPE_CHECKING = False  # the contract's image records are not needed to create a container
 if TYPE_CHECKING:
     from pinnace.engine.contract import ProgressCallback
+    from pinnace.engine.container_network import NetworkChoice
 from pinnace.engine.store import Store
 from pinnace.errors import ImageNotFound, InvalidArgument, PinnaceError
 from pinnace.runtime import ctrstate
@@ -74,29 +75,18 @@ def find_or_pull_image(store: Store, opts: ContainerCreateOptions, progress: "Pr
     return report.image_id, report.reference
 
 
-def _etc_files(cdir: Path, opts: ContainerCreateOptions, hostname: str) -> list[dict]:
+def _etc_files(cdir: Path, opts: ContainerCreateOptions, hostname: str, network: "NetworkChoice") -> list[dict]:
     """/etc/hosts, /etc/hostname and /etc/resolv.conf of the container, bound from its directory."""
     hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    hosts.append(f"127.0.1.1\t{hostname}")
-    if opts.network == "usermode":
-        from pinnace.net.usermode import GATEWAY, GATEWAY_NAME
-        hosts.append(f"{GATEWAY}\t{GATEWAY_NAME}")
+    if network.mode in ("none", "host") or network.mode.startswith("container:"):
+        hosts.append(f"127.0.1.1\t{hostname}")  # else the supervisor adds the container's address
     for item in opts.add_hosts:
         name, sep, ip = item.partition(":")
         if not sep or not name or not ip:
             raise InvalidArgument(f"invalid --add-host {item!r} (name:ip)")
         hosts.append(f"{ip}\t{name}")
-    if opts.dns:
-        resolv = "".join(f"nameserver {d}\n" for d in opts.dns)
-    else:
-        try:
-            resolv = Path("/etc/resolv.conf").read_text()
-        except OSError:
-            resolv = ""
-        if opts.network != "host":
-            # a loopback resolver on the host is unreachable from the container's own network
-            lines = [l for l in resolv.splitlines() if not l.startswith("nameserver 127.")]
-            resolv = "\n".join(lines) + "\n" if lines else ""
+    from pinnace.engine.container_network import resolv_conf
+    resolv = resolv_conf(network, opts.dns)
     files = {"hosts": "\n".join(hosts) + "\n", "hostname": hostname + "\n", "resolv.conf": resolv}
     mounts = []
     for name, content in files.items():
@@ -109,11 +99,6 @@ def _etc_files(cdir: Path, opts: ContainerCreateOptions, hostname: str) -> list[
 def create_container(store: Store, opts: ContainerCreateOptions, progress: "ProgressCallback | None" = None) -> str:
     from pinnace.engine.images import image_config
     from pinnace.storage.containers import ContainerStore, new_container_id
-    if opts.network not in ("none", "host", "usermode"):
-        raise InvalidArgument(f"--network {opts.network}: 'none', 'host' and the preview 'usermode' are available "
-                              "until user-mode networking lands")
-    if opts.publish:
-        raise InvalidArgument("-p/--publish needs user-mode networking, which is not available yet")
     restart = parse_restart(opts.restart)
     if opts.autoremove and restart != "no":
         raise InvalidArgument("--restart and --rm cannot be used together")
@@ -129,6 +114,11 @@ def create_container(store: Store, opts: ContainerCreateOptions, progress: "Prog
     rec = store.images.get(iid)
     if rec is None:
         raise ImageNotFound(f"{opts.image}: no such image")
+    from pinnace.engine.container_network import choose_network
+    network = choose_network(store, opts, image_cfg)
+    if opts.runtime and network.mode not in ("host", "none"):
+        raise InvalidArgument("--runtime works with --network host or none (user-mode networking is set up "
+                              "by pinnace's own runtime)")
     cs = ContainerStore(store.layout, store.db)
     cid = new_container_id()
     store.layout.containers_dir.mkdir(mode=0o700, exist_ok=True)
@@ -140,7 +130,10 @@ def create_container(store: Store, opts: ContainerCreateOptions, progress: "Prog
             # diff/ is the overlay's upper root: the container's "/" takes its mode (0755 like an image root)
             (cdir / sub).mkdir(parents=True, mode=0o700 if sub == "work" else 0o755)
         ctrstate.write_state(str(cdir), {"status": ctrstate.CREATED})
-        spec, volumes = _prepare(store, cdir, cid, created.name, opts, image_cfg, rec, restart, log_max, progress)
+        if network.networks:
+            (cdir / "networks.json").write_text(json.dumps(network.networks))
+        spec, volumes = _prepare(store, cdir, cid, created.name, opts, image_cfg, rec, restart, log_max, progress,
+                                 network)
         (cdir / "config.json").write_text(json.dumps(spec))
         del volumes
     except BaseException:
@@ -162,7 +155,8 @@ def mount_rootfs(store: Store, cdir: Path, layers: list[str], *, volatile: bool 
 
 
 def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreateOptions, image_cfg: dict,
-             rec, restart: str, log_max: int, progress: "ProgressCallback") -> tuple[dict, list[str]]:  # noqa: ANN001
+             rec, restart: str, log_max: int, progress: "ProgressCallback",
+             network: "NetworkChoice") -> tuple[dict, list[str]]:  # noqa: ANN001
     from pinnace.runtime.spec import ProcessOptions, build_spec
     from pinnace.runtime.users import resolve_user
     layers = [store.layout.layer_path(l.diff_id).name for l in rec.layers]
@@ -170,7 +164,7 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
     rootfs = cdir / "merged"
     cfg = image_cfg.get("config") or {}
     user = resolve_user(rootfs, opts.user if opts.user is not None else (cfg.get("User") or None))
-    hostname = opts.hostname or (os.uname().nodename if opts.network == "host" else cid[:12])
+    hostname = opts.hostname or (os.uname().nodename if network.mode == "host" else cid[:12])
     security = {o.replace(":", "=", 1) for o in opts.security_opt}
     unknown = {o for o in security if o not in ("no-new-privileges", "no-new-privileges=true",
                                                   "no-new-privileges=false", "label=disable", "seccomp=unconfined")}
@@ -193,13 +187,12 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
     if volumes:  # recorded at once: a failure below removes the anonymous ones with the container
         with store.db.transaction() as c:
             c.executemany("INSERT OR IGNORE INTO container_volumes VALUES (?,?)", [(cid, v.name) for v in volumes])
-    extra = _etc_files(cdir, opts, hostname) + mounts
+    extra = _etc_files(cdir, opts, hostname, network) + mounts
     spec = build_spec(image_config=image_cfg, opts=process, user=user, rootfs=str(rootfs),
-                      readonly_rootfs=opts.read_only, own_netns=opts.network != "host",
+                      readonly_rootfs=opts.read_only, own_netns=network.own_netns,
                       rootless=store.config.rootless, extra_mounts=extra)
     ann = spec["annotations"]
-    if opts.network == "usermode":
-        ann[ANN + "network"] = "usermode"
+    ann.update(network.annotations)
     ann.update({ANN + "id": cid, ANN + "name": name, ANN + "root": str(store.layout.root),
                 ANN + "runroot": str(store.layout.runroot), ANN + "restart": restart,
                 ANN + "autoremove": "true" if opts.autoremove else "false",

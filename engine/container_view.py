@@ -92,7 +92,8 @@ def inspect(store: Store, text: str) -> dict:
             "AutoRemove": bool(opts.get("autoremove")),
             "RestartPolicy": {"Name": (opts.get("restart") or "no").partition(":")[0],
                               "MaximumRetryCount": int((opts.get("restart") or "no").partition(":")[2] or 0)},
-            "NetworkMode": opts.get("network", "none"),
+            "NetworkMode": ann.get("io.pinnace.network") or opts.get("network") or "none",
+            "PortBindings": _port_bindings(ann),
             "Privileged": bool(opts.get("privileged")),
             "ReadonlyRootfs": bool(opts.get("read_only")),
             "CapAdd": opts.get("cap_add", []),
@@ -105,9 +106,32 @@ def inspect(store: Store, text: str) -> dict:
             "PidsLimit": spec.get("linux", {}).get("resources", {}).get("pids", {}).get("limit", 0),
             "LogConfig": {"Type": "k8s-file", "Config": {"max-size": opts.get("log_max_size") or ""}},
         },
-        "NetworkSettings": {"Ports": {}, "Networks": {}},
+        "NetworkSettings": _network_settings(ann, state if status in ("running", "paused") else {}, opts),
     }
     return doc
+
+
+def _port_bindings(ann: dict) -> dict:
+    import json
+    from pinnace.net.ports import PortMapping, port_bindings
+    return port_bindings([PortMapping.from_json(p) for p in json.loads(ann.get("io.pinnace.ports") or "[]")])
+
+
+def _network_settings(ann: dict, state: dict, opts: dict) -> dict:
+    """Docker's NetworkSettings: addresses and the host ports bound while the container runs."""
+    from pinnace.net.ports import PortMapping, inspect_ports
+    net = state.get("network") or {}
+    published = [PortMapping.from_json(p) for p in net.get("ports", [])]
+    exposed = list(opts.get("expose") or [])
+    prefix = 24 if net.get("mode") == "usermode" and net.get("address") else 0
+    networks = {}
+    for name, alloc in (net.get("networks") or {}).items():
+        networks[name] = {"IPAddress": alloc.get("ip", ""), "IPPrefixLen": alloc.get("prefix", 0),
+                          "Gateway": alloc.get("gateway", ""), "Aliases": alloc.get("aliases", []),
+                          "NetworkID": alloc.get("id", ""), "MacAddress": ""}
+        prefix = prefix or alloc.get("prefix", 0)
+    return {"Ports": inspect_ports(published, exposed), "IPAddress": net.get("address", ""),
+            "IPPrefixLen": prefix, "Gateway": net.get("gateway", ""), "Networks": networks}
 
 
 _RUNTIME_MOUNTS = ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/etc/hosts", "/etc/hostname",

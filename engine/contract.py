@@ -175,3 +175,4 @@ ProgressCallback = Callable[[ProgressEvent], None]  # called from worker threads
 # The container records live in engine/container_contract.py (re-exported here): `run` loads only those,
 # since creating the image records' dataclasses costs ~6 ms of its start-up.
 from pinnace.engine.container_contract import ContainerCreateOptions, ContainerSummary, ExecOptions  # noqa: E402,F401
+from pinnace.engine.network_contract import NetworkCreateOptions, NetworkRecord, NetworkUser  # noqa: E402,F401

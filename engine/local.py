@@ -267,3 +267,45 @@ class LocalEngine:
         from pinnace.runtime.userns import exec_in_namespace
         self.store.layout.runroot.mkdir(parents=True, exist_ok=True)
         exec_in_namespace(self.store.layout.runroot, argv)  # as root: no namespace to join, plain exec
+
+    # -- networks ---------------------------------------------------------------------------------------
+    def network_create(self, opts: NetworkCreateOptions) -> dict:
+        from pinnace.engine.networks import create_network, inspect_dict
+        return inspect_dict(self.store, create_network(self.store, opts))
+
+    def network_list(self, filters: tuple[str, ...] = ()) -> list[dict]:
+        from pinnace.engine.networks import inspect_dict, list_networks
+        return [inspect_dict(self.store, n) for n in list_networks(self.store, filters)]
+
+    def network_inspect(self, name: str) -> dict:
+        from pinnace.engine.networks import get_network, inspect_dict
+        return inspect_dict(self.store, get_network(self.store, name))
+
+    def network_exists(self, name: str) -> bool:
+        from pinnace.engine.networks import get_network
+        from pinnace.errors import NotFound
+        try:
+            get_network(self.store, name)
+        except NotFound:
+            return False
+        return True
+
+    def network_remove(self, name: str, force: bool = False, timeout: float | None = None) -> str:
+        from pinnace.engine.networks import remove_network
+        return remove_network(self.store, name, force=force, timeout=timeout)
+
+    def network_prune(self, filters: tuple[str, ...] = ()) -> list[str]:
+        from pinnace.engine.networks import prune_networks
+        return prune_networks(self.store, filters)
+
+    def network_connect(self, network: str, container: str, aliases: tuple[str, ...] = ()) -> None:
+        from pinnace.engine.networks import connect
+        connect(self.store, network, container, aliases)
+
+    def network_disconnect(self, network: str, container: str, force: bool = False) -> None:
+        from pinnace.engine.networks import disconnect
+        disconnect(self.store, network, container, force=force)
+
+
+if TYPE_CHECKING:
+    from pinnace.engine.network_contract import NetworkCreateOptions

@@ -48,18 +48,26 @@ NFTA_DATA_VALUE = 1
 NFTA_META_DREG, NFTA_META_KEY = 1, 2
 NFT_META_L4PROTO = 16
 NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_OFFSET, NFTA_PAYLOAD_LEN = 1, 2, 3, 4
-NFT_PAYLOAD_NETWORK_HEADER = 1
+NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
 NFTA_BITWISE_SREG, NFTA_BITWISE_DREG, NFTA_BITWISE_LEN, NFTA_BITWISE_MASK, NFTA_BITWISE_XOR = 1, 2, 3, 4, 5
 NFTA_CMP_SREG, NFTA_CMP_OP, NFTA_CMP_DATA = 1, 2, 3
 NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
 NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA = 1, 2
 NFTA_REDIR_REG_PROTO_MIN, NFTA_REDIR_REG_PROTO_MAX = 1, 2
-NFT_REG_1 = 1  # one 16-byte register is plenty: each match loads, compares and is done with it
+NFTA_META_SREG = 3
+NFT_META_MARK = 3
+NFTA_CT_DREG, NFTA_CT_KEY, NFTA_CT_SREG = 1, 2, 4
+NFT_CT_MARK = 3
+NFTA_TPROXY_FAMILY, NFTA_TPROXY_REG_ADDR, NFTA_TPROXY_REG_PORT = 1, 2, 3
+NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 2, 1
+NFT_REG_VERDICT = 0
+NFT_REG_1, NFT_REG_2 = 1, 2  # 16-byte registers: each match loads, compares and is done with one
 
 NF_ACCEPT = 1
 # hook numbers (enum nf_inet_hooks) and the conventional destination-NAT priority (NF_IP_PRI_NAT_DST)
 HOOKS = {"prerouting": 0, "output": 3}
 NAT_DST_PRIORITY = -100
+MANGLE_PRIORITY = -150
 CHAIN = "redirect"
 
 _IPV4_DADDR_OFFSET = 16  # struct iphdr: daddr follows saddr
@@ -133,12 +141,57 @@ def _daddr_not_in(network: bytes, prefix: int) -> list[bytes]:
     return exprs
 
 
+def _daddr_is(address: str) -> list[bytes]:
+    """`ip daddr == address`."""
+    network, _ = _parse_cidr(address + "/32")
+    return [_expr("payload", _be32(NFTA_PAYLOAD_DREG, NFT_REG_1), _be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER),
+                  _be32(NFTA_PAYLOAD_OFFSET, _IPV4_DADDR_OFFSET), _be32(NFTA_PAYLOAD_LEN, 4)),
+            _expr("cmp", _be32(NFTA_CMP_SREG, NFT_REG_1), _be32(NFTA_CMP_OP, NFT_CMP_EQ), _value(NFTA_CMP_DATA, network))]
+
+
+def _dport_is(port: int) -> list[bytes]:
+    """`th dport == port` (TCP and UDP keep the destination port at offset 2)."""
+    return [_expr("payload", _be32(NFTA_PAYLOAD_DREG, NFT_REG_1), _be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER),
+                  _be32(NFTA_PAYLOAD_OFFSET, 2), _be32(NFTA_PAYLOAD_LEN, 2)),
+            _expr("cmp", _be32(NFTA_CMP_SREG, NFT_REG_1), _be32(NFTA_CMP_OP, NFT_CMP_EQ),
+                  _value(NFTA_CMP_DATA, struct.pack(">H", port)))]
+
+
 def _redirect_to(port: int) -> list[bytes]:
     # the port goes into a register in network order; nft_redir reads two bytes from it
     return [_expr("immediate", _be32(NFTA_IMMEDIATE_DREG, NFT_REG_1),
                   _value(NFTA_IMMEDIATE_DATA, struct.pack(">H", port))),
             _expr("redir", _be32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1),
                   _be32(NFTA_REDIR_REG_PROTO_MAX, NFT_REG_1))]
+
+
+def _mark_eq(mark: int, key: str = "meta") -> list[bytes]:
+    """`meta mark MARK` or `ct mark MARK` (marks are host-order u32)."""
+    load = (_expr("meta", _be32(NFTA_META_KEY, NFT_META_MARK), _be32(NFTA_META_DREG, NFT_REG_1)) if key == "meta"
+            else _expr("ct", _be32(NFTA_CT_KEY, NFT_CT_MARK), _be32(NFTA_CT_DREG, NFT_REG_1)))
+    return [load, _expr("cmp", _be32(NFTA_CMP_SREG, NFT_REG_1), _be32(NFTA_CMP_OP, NFT_CMP_EQ),
+                        _value(NFTA_CMP_DATA, struct.pack("=I", mark)))]
+
+
+def _set_mark(mark: int, key: str = "meta") -> list[bytes]:
+    """`meta mark set MARK` or `ct mark set MARK`."""
+    put = _expr("immediate", _be32(NFTA_IMMEDIATE_DREG, NFT_REG_1), _value(NFTA_IMMEDIATE_DATA, struct.pack("=I", mark)))
+    if key == "meta":
+        return [put, _expr("meta", _be32(NFTA_META_KEY, NFT_META_MARK), _be32(NFTA_META_SREG, NFT_REG_1))]
+    return [put, _expr("ct", _be32(NFTA_CT_KEY, NFT_CT_MARK), _be32(NFTA_CT_SREG, NFT_REG_1))]
+
+
+def _accept() -> list[bytes]:
+    return [_expr("immediate", _be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT),
+                  _nest(NFTA_IMMEDIATE_DATA, _nest(NFTA_DATA_VERDICT, _be32(NFTA_VERDICT_CODE, NF_ACCEPT))))]
+
+
+def _tproxy_to(address: str, port: int) -> list[bytes]:
+    return [_expr("immediate", _be32(NFTA_IMMEDIATE_DREG, NFT_REG_1),
+                  _value(NFTA_IMMEDIATE_DATA, socket.inet_aton(address))),
+            _expr("immediate", _be32(NFTA_IMMEDIATE_DREG, NFT_REG_2), _value(NFTA_IMMEDIATE_DATA, struct.pack(">H", port))),
+            _expr("tproxy", _be32(NFTA_TPROXY_FAMILY, NFPROTO_IPV4), _be32(NFTA_TPROXY_REG_ADDR, NFT_REG_1),
+                  _be32(NFTA_TPROXY_REG_PORT, NFT_REG_2))]
 
 
 def _parse_cidr(cidr: str) -> tuple[bytes, int]:
@@ -357,3 +410,69 @@ def tables() -> list[str]:
                 if name is not None:
                     names.append(name.rstrip(b"\0").decode(errors="replace"))
     return names
+
+
+def install_transparent_rules(table: str = "pinnace", *, tcp_port: int, udp_port: int,
+                              tcp_exclude: tuple[str, ...], udp_exclude: tuple[str, ...],
+                              always: tuple[str, ...] = (), tproxy_mark: int = 0x1, local_mark: int = 0x3,
+                              replace: bool = False, dns: tuple[str, int] | None = None) -> None:
+    """The user-mode network's rules for a container's own namespace, in one atomic batch:
+
+    - nat/output: new TCP connections to destinations outside `tcp_exclude` -> redirect to 127.0.0.1:tcp_port
+      (the relay reads SO_ORIGINAL_DST);
+    - route/output: UDP to destinations outside `udp_exclude` gets `tproxy_mark`, which a policy rule
+      (rtnl.add_fwmark_rule + add_local_default_route) loops back through `lo` into prerouting;
+      packets of sockets marked `local_mark` (SO_MARK: the relay's transparent sockets that carry published
+      ports and UDP replies) mark their conntrack entry, and the container's answers on such connections
+      get `local_mark` too, so they are delivered to those sockets instead of leaving by the default route;
+    - filter/prerouting: UDP with `tproxy_mark` -> TPROXY to 127.0.0.1:udp_port (IP_RECVORIGDSTADDR there
+      gives the original destination, which `redirect` would lose for UDP).
+    `always`: addresses relayed even inside an excluded subnet (a user network's gateway, which stands for
+    the host as `host.containers.internal`).
+    Both marks must share the bit of the policy rule's mask; the TPROXY rule matches `tproxy_mark` exactly.
+    `replace`: swap an existing table for the new one atomically (`network connect` to a running container).
+    `dns`: (address, port): UDP to address:53 is redirected to 127.0.0.1:port, where the supervisor's DNS
+    server listens — not on port 53 itself, which the container's own programs may want (0.0.0.0:53).
+    """
+    _check_table(table)
+    _check_port(tcp_port, "TCP")
+    _check_port(udp_port, "UDP")
+    tcp_excluded = [e for cidr in tcp_exclude for e in _daddr_not_in(*_parse_cidr(cidr))]
+    udp_excluded = [e for cidr in udp_exclude for e in _daddr_not_in(*_parse_cidr(cidr))]
+    fam = _nfgen(NFPROTO_IPV4)
+
+    def chain(name: str, kind: str, hook: str, priority: int) -> tuple[str, int, int, bytes]:
+        return (f"NEWCHAIN {table}/{name} (type {kind} hook {hook})", NFT_MSG_NEWCHAIN, NLM_F_CREATE,
+                fam + _str(NFTA_CHAIN_TABLE, table) + _str(NFTA_CHAIN_NAME, name)
+                + _nest(NFTA_CHAIN_HOOK, _be32(NFTA_HOOK_HOOKNUM, HOOKS[hook]), _be32(NFTA_HOOK_PRIORITY, priority))
+                + _be32(NFTA_CHAIN_POLICY, NF_ACCEPT) + _str(NFTA_CHAIN_TYPE, kind))
+
+    def rule(chain_name: str, what: str, exprs: list[bytes]) -> tuple[str, int, int, bytes]:
+        return (f"NEWRULE {table}/{chain_name} ({what})", NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
+                fam + _str(NFTA_RULE_TABLE, table) + _str(NFTA_RULE_CHAIN, chain_name)
+                + _nest(NFTA_RULE_EXPRESSIONS, *exprs))
+
+    new_table = fam + _str(NFTA_TABLE_NAME, table)
+    head = [(f"NEWTABLE {table}", NFT_MSG_NEWTABLE, NLM_F_CREATE, new_table),
+            (f"DELTABLE {table}", NFT_MSG_DELTABLE, 0, new_table)] if replace else []
+    requests = [
+        *head,
+        (f"NEWTABLE {table}", NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, new_table),
+        chain(CHAIN, "nat", "output", NAT_DST_PRIORITY),
+        *([rule(CHAIN, f"dns {dns[0]} to :{dns[1]}", _match_l4proto(socket.IPPROTO_UDP) + _daddr_is(dns[0])
+                + _dport_is(53) + _redirect_to(dns[1]))] if dns else []),
+        *[rule(CHAIN, f"tcp to {a} redirect to :{tcp_port}",
+               _match_l4proto(socket.IPPROTO_TCP) + _daddr_is(a) + _redirect_to(tcp_port)) for a in always],
+        rule(CHAIN, f"tcp redirect to :{tcp_port}",
+             _match_l4proto(socket.IPPROTO_TCP) + tcp_excluded + _redirect_to(tcp_port)),
+        chain("mark", "route", "output", MANGLE_PRIORITY),
+        rule("mark", "ct mark from transparent sockets", _mark_eq(local_mark) + _set_mark(local_mark, "ct")),
+        rule("mark", "answers to transparent sockets", _mark_eq(local_mark, "ct") + _set_mark(local_mark) + _accept()),
+        *[rule("mark", f"udp to {a} to tproxy", _match_l4proto(socket.IPPROTO_UDP) + _daddr_is(a)
+               + _set_mark(tproxy_mark)) for a in always],
+        rule("mark", "udp to tproxy", _match_l4proto(socket.IPPROTO_UDP) + udp_excluded + _set_mark(tproxy_mark)),
+        chain("tproxy", "filter", "prerouting", MANGLE_PRIORITY),
+        rule("tproxy", f"udp tproxy to :{udp_port}",
+             _mark_eq(tproxy_mark) + _match_l4proto(socket.IPPROTO_UDP) + _tproxy_to("127.0.0.1", udp_port)),
+    ]
+    _commit(requests)

@@ -97,10 +97,13 @@ class _Conn:
 class Relay:
     """TCP relay for one container. Owns every fd given to it; `close()` closes them all."""
 
-    def __init__(self, *, gateway_map: dict[str, str] | None = None, orig_dst: OrigDst | None = None) -> None:
+    def __init__(self, *, gateway_map: dict[str, str] | None = None, orig_dst: OrigDst | None = None,
+                 dest_map: dict[Address, Address] | None = None) -> None:
         """`gateway_map`: original destination ip -> ip to connect to instead (the gateway address ->
-        127.0.0.1). `orig_dst`: replaces the SO_ORIGINAL_DST lookup (tests)."""
+        127.0.0.1). `dest_map`: the same for one (ip, port), checked first (the namespace's DNS address
+        over TCP -> the host's resolver). `orig_dst`: replaces the SO_ORIGINAL_DST lookup (tests)."""
         self._gateway = dict(gateway_map or {})
+        self._dest = dict(dest_map or {})
         self._orig_dst = orig_dst or original_dst
         self._listeners: dict[int, tuple[_socket.socket, Address | None, Connector | None]] = {}
         self._conns: dict[int, _Conn] = {}        # fd of either socket -> connection
@@ -193,7 +196,7 @@ class Relay:
                 a.setblocking(False)
                 if target is None:
                     host, port = self._orig_dst(fd)
-                    host = self._gateway.get(host, host)
+                    host, port = self._dest.get((host, port)) or (self._gateway.get(host, host), port)
                     b = _socket.socket(_socket.AF_INET6 if ":" in host else _socket.AF_INET,
                                        _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC)
                 else:

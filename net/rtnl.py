@@ -22,6 +22,7 @@ from pinnace.errors import InvalidArgument, NamespaceError, NotFound
 __all__ = [
     "NetlinkError", "link_index", "list_links", "set_up", "set_mtu", "create_bridge", "create_veth",
     "set_master", "set_netns", "delete_link", "add_address", "add_route", "add_default_route",
+    "add_local_default_route", "add_fwmark_rule", "link_with_address",
 ]
 
 # linux/netlink.h
@@ -36,9 +37,12 @@ _NLMSGERR_ATTR_MSG = 1
 
 # linux/rtnetlink.h
 _RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK = 16, 17, 18
-_RTM_NEWADDR, _RTM_NEWROUTE = 20, 24
-_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST = 254, 3, 1
-_RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK = 0, 253
+_RTM_NEWADDR, _RTM_GETADDR, _RTM_NEWROUTE = 20, 22, 24
+_RTM_NEWRULE = 32
+_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST, _RTN_LOCAL = 254, 3, 1, 2
+_RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK, _RT_SCOPE_HOST = 0, 253, 254
+_FR_ACT_TO_TBL = 1
+_FRA_PRIORITY, _FRA_FWMARK, _FRA_TABLE, _FRA_FWMASK = 6, 10, 15, 16
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_BROADCAST = 1, 2, 4
 
@@ -300,6 +304,17 @@ def add_address(name: str, cidr: str) -> None:
     _request(f"add address {cidr} to {name!r}", _RTM_NEWADDR, _NLM_F_CREATE | _NLM_F_EXCL, body)
 
 
+def link_with_address(address: str) -> str | None:
+    """Name of the interface that has the IPv4 `address`, or None."""
+    family, packed = _ip(address, "address")
+    for m in _request("list addresses", _RTM_GETADDR, _NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, 0)):
+        fam, _prefix, _flags, _scope, index = _IFADDRMSG.unpack_from(m, _NLMSGHDR.size)
+        attrs = _attrs(m, _NLMSGHDR.size + _IFADDRMSG.size)
+        if fam == family and packed in (attrs.get(_IFA_LOCAL), attrs.get(_IFA_ADDRESS)):
+            return socket.if_indextoname(index)
+    return None
+
+
 def add_route(dst_cidr: str, gateway: str | None = None, dev: str | None = None) -> None:
     """Add a route to `dst_cidr` in the main table via `gateway` and/or out of `dev` (at least one).
     Without a gateway the destination is on-link (scope link), as `ip route add DST dev DEV` makes it."""
@@ -321,6 +336,23 @@ def add_route(dst_cidr: str, gateway: str | None = None, dev: str | None = None)
         body += _u32(_RTA_OIF, link_index(dev))
     via = (f" via {gateway}" if gateway else "") + (f" dev {dev}" if dev else "")
     _request(f"add route {dst_cidr}{via}", _RTM_NEWROUTE, _NLM_F_CREATE | _NLM_F_EXCL, body)
+
+
+def add_local_default_route(table: int, dev: str = "lo") -> None:
+    """`ip route add local 0.0.0.0/0 dev lo table TABLE`: everything routed by TABLE is delivered to this
+    host's own sockets — the half of transparent proxying that hands marked packets to TPROXY listeners
+    and to transparently bound sockets (net/nftables.py marks them, `add_fwmark_rule` picks the table)."""
+    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, table, _RTPROT_BOOT, _RT_SCOPE_HOST, _RTN_LOCAL, 0)
+    body += _u32(_RTA_OIF, link_index(dev))
+    _request(f"add local default route to table {table}", _RTM_NEWROUTE, _NLM_F_CREATE | _NLM_F_EXCL, body)
+
+
+def add_fwmark_rule(mark: int, mask: int, table: int, priority: int = 100) -> None:
+    """`ip rule add fwmark MARK/MASK lookup TABLE pref PRIORITY` (IPv4)."""
+    # struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action; flags
+    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, table if table < 256 else 0, 0, 0, _FR_ACT_TO_TBL, 0)
+    body += _u32(_FRA_FWMARK, mark) + _u32(_FRA_FWMASK, mask) + _u32(_FRA_TABLE, table) + _u32(_FRA_PRIORITY, priority)
+    _request(f"add rule fwmark {mark:#x}/{mask:#x} lookup {table}", _RTM_NEWRULE, _NLM_F_CREATE | _NLM_F_EXCL, body)
 
 
 def add_default_route(gateway: str | None, dev: str | None) -> None:

@@ -51,13 +51,14 @@ def wait_exit(pid: int) -> int:
 
 
 def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool = False,
-          handoff: list[int] | None = None) -> int:
+          handoff: list[int] | None = None, network: dict | None = None) -> int:
     """Start the container; return the pid to wait for (its exit status is the container's).
     `stdio`: file descriptors for the container's stdin, stdout and stderr (default: ours).
     `direct`: return the container's init itself (the intermediate process exits at once), so that the
     caller, which must be a child subreaper, waits for and signals the init directly (the supervisor).
-    `handoff` (with `direct`): receives the fds the container's network setup made inside its namespace
-    for the caller (user-mode networking: the listener the relay serves)."""
+    `network` (with `direct`): the plan net/netns_setup.configure carries out in the new network namespace
+    (mode "container": join the namespace at plan["netns"] instead); `handoff` receives the fds it made
+    there for the caller (the relay's listeners, the DNS socket)."""
     flags = 0
     for ns in spec["linux"]["namespaces"]:
         flags |= _NS_FLAGS[ns["type"]]
@@ -69,7 +70,10 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC) if direct else (-1, -1)
     keep_id = spec.get("annotations", {}).get(KEEP_ID_ANNOTATION)
     userns_sync = (os.pipe(), os.pipe()) if keep_id else None
-    network = spec.get("annotations", {}).get(NETWORK_ANNOTATION)
+    join_netns = None
+    if network is not None and network.get("mode") == "container":
+        flags &= ~syscalls.CLONE_NEWNET
+        join_netns, network = os.open(network["netns"], os.O_RDONLY | os.O_CLOEXEC), None
     fd_channel = _socket_pair() if network and direct else None
     child = os.fork()
     if child == 0:
@@ -85,10 +89,13 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
                 from pinnace.runtime import cgroups
                 cgroups.enter(cgroups.from_json(json.loads(cgroup)).paths)
             syscalls.unshare(flags)
+            if join_netns is not None:
+                syscalls.setns(join_netns, syscalls.CLONE_NEWNET)
+                os.close(join_netns)
             if fd_channel is not None:  # in the new network namespace, before anything runs there
-                from pinnace.net.usermode import setup_namespace
-                fds = setup_namespace(network)
-                fd_channel[1].sendmsg([b"n"], [(_SOL_SOCKET, _SCM_RIGHTS, _fd_bytes(fds))])
+                from pinnace.net.netns_setup import configure
+                fds = configure(network)
+                fd_channel[1].sendmsg([b"n"], [(_SOL_SOCKET, _SCM_RIGHTS, _fd_bytes(fds))] if fds else [])
                 for fd in fds:
                     os.close(fd)
             init = os.fork()  # the first child in a new pid namespace is its pid 1
@@ -109,6 +116,8 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
             _report(f"container setup failed: {exc}")
         finally:
             os._exit(code)
+    if join_netns is not None:
+        os.close(join_netns)
     if userns_sync is not None:
         _map_own_userns(child, keep_id, userns_sync)
     if not direct:
@@ -140,7 +149,6 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
 
 
 KEEP_ID_ANNOTATION = "io.pinnace.keep-id"
-NETWORK_ANNOTATION = "io.pinnace.network"   # "usermode": set up by net/usermode.py in the new namespace
 
 
 def _socket_pair():  # noqa: ANN202 - a pair of _socket.socket (not `socket`: the supervisor's RSS)

@@ -46,6 +46,33 @@ def _reset_child_state(keep: set[int]) -> None:
     os.closerange(top, 1 << 16)
 
 
+def _wait(readable: list[int], writable: list[int], timeout: float | None) -> tuple[list[int], list[int]]:
+    """poll(2) for the loop (select() cannot watch fds above 1023, which a busy relay reaches)."""
+    import select
+    poller = select.poll()
+    rset, wset = set(readable), set(writable)
+    for fd in rset | wset:
+        poller.register(fd, (select.POLLIN if fd in rset else 0) | (select.POLLOUT if fd in wset else 0))
+    ready, out = [], []
+    try:
+        events = poller.poll(None if timeout is None else int(timeout * 1000 + 0.999))
+    except InterruptedError:
+        return [], []
+    for fd, mask in events:
+        if mask & (select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL) and fd in rset:
+            ready.append(fd)
+        if mask & (select.POLLOUT | select.POLLERR | select.POLLHUP) and fd in wset:
+            out.append(fd)
+    return ready, out
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -167,7 +194,10 @@ class Supervisor:
         self.stdin_fd: int | None = None
         self.master: int | None = None
         self.early_status: int | None = None
-        self.relay = None   # net.relay.Relay of a --network usermode container
+        self.net = None     # net.container_net.ContainerNetwork: relays, DNS, published ports
+        if not ann.get(ANN + "runtime") and ann.get(ANN + "network"):
+            from pinnace.net.container_net import ContainerNetwork
+            self.net = ContainerNetwork.from_spec(self.spec, container_dir)
         self.pid = self.init_pid = 0   # the process we wait for; the container's init (differ with --runtime)
         self.restarts = int(ctrstate.read_state(container_dir).get("restart_count") or 0)
         self.health = None
@@ -211,16 +241,27 @@ class Supervisor:
                     runtime, self.dir, self.spec["annotations"][ANN + "id"], stdio)
             else:
                 handoff: list[int] = []
-                self.pid = self.init_pid = executor.start(self.spec, stdio, direct=True, handoff=handoff)
-                if handoff:  # user-mode networking: the listener made in the container's namespace
-                    from pinnace.net.usermode import relay_for
-                    self.relay = relay_for(handoff)
+                plan = self.net.prepare() if self.net is not None else None
+                pid = 0
+                try:
+                    pid = executor.start(self.spec, stdio, direct=True, handoff=handoff, network=plan)
+                    if self.net is not None:
+                        self.net.started(pid, handoff)
+                except BaseException:
+                    if self.net is not None:
+                        if pid:
+                            _kill_quietly(pid)
+                        self.net.release()
+                    raise
+                self.pid = self.init_pid = pid
         finally:
             for fd in child_fds:
                 os.close(fd)
         init = self.init_pid
         # a new monitor for each start: Docker's health goes back to "starting"
         self.health = self._health_monitor(self.spec.get("annotations", {}).get(ANN + "health"))
+        if self.net is not None:
+            ctrstate.update_state(self.dir, network=self.net.state())
         ctrstate.update_state(self.dir, status=ctrstate.RUNNING, pid=init, pid_start=ctrstate.start_time(init),
                               supervisor_pid=os.getpid(), supervisor_start=ctrstate.start_time(os.getpid()),
                               started_at=ctrstate.now_rfc3339(), restart_count=self.restarts, error="")
@@ -295,20 +336,25 @@ class Supervisor:
             if code is not None:
                 timeout = 0.5  # draining: a process that kept the pipe open after init died
             want_write = [c for c, buf in self.pending.items() if buf]
-            relay_r: list[int] = []
-            if self.relay is not None:
-                relay_r, relay_w = self.relay.fds()
-                fds += relay_r
-                want_write += relay_w
-            ready, writable, _ = select.select(fds, want_write, [], timeout)
+            net_r: list[int] = []
+            if self.net is not None and code is None:
+                net_r, net_w = self.net.fds()
+                fds += net_r
+                want_write += net_w
+                wait = self.net.tick()
+                if wait is not None:
+                    timeout = wait if timeout is None else min(timeout, wait)
+            ready, writable = _wait(fds, want_write, timeout)
             for fd in writable:
                 if fd in self.pending:
                     self._flush(fd)
                 else:
-                    self.relay.on_writable(fd)
-            for fd in [f for f in ready if f in relay_r]:
-                self.relay.on_readable(fd)
-            ready = [f for f in ready if f not in relay_r]
+                    self.net.on_writable(fd)
+            if net_r:
+                net_set = set(net_r)
+                for fd in [f for f in ready if f in net_set]:
+                    self.net.on_readable(fd)
+                ready = [f for f in ready if f not in net_set]
             if not ready and code is not None:
                 break
             for fd in ready:
@@ -333,9 +379,8 @@ class Supervisor:
                 code = reaped
             if self.health is not None and code is None:
                 self._health_tick()
-        if self.relay is not None:
-            self.relay.close()  # the namespace is gone with the container: its connections end here
-            self.relay = None
+        if self.net is not None:
+            self.net.stopped()  # the namespace is gone with the container: its connections end here
         if self.health is not None:
             self.health.close()  # a check still running is killed with its process group
             if self.health_fd is not None:
@@ -495,6 +540,8 @@ class Supervisor:
         self._send_exit(code)
 
     def _cleanup(self, code: int) -> None:
+        if self.net is not None:
+            self.net.release()
         ctrstate.update_state(self.dir, status=ctrstate.EXITED, exit_code=code, pid=0,
                               finished_at=ctrstate.now_rfc3339(), supervisor_pid=0)
         ann = self.spec.get("annotations", {})

@@ -44,7 +44,7 @@ def test_attached_container_reaches_the_hosts_loopback(p, host_server):
             f"grep host.containers.internal /etc/hosts; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; "
             f"wget -qO- http://host.containers.internal:{host_server}/attached")
     lines = res.out.splitlines()
-    assert lines[0].split() == ["10.0.2.2", "host.containers.internal"]
+    assert lines[0].split()[:2] == ["10.0.2.2", "host.containers.internal"]
     assert lines[1] == "inet 10.0.2.100/24"
     assert lines[2] == "hello /attached from 127.0.0.1"   # the relay connects from the host's loopback
 

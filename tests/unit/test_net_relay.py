@@ -231,11 +231,12 @@ def test_connect_to_closed_port_resets_client():
     relay.add_outbound_listener(lsock.detach())
     driver = Driver(relay)
     try:
-        with _client(addr) as c:
-            start = time.monotonic()
-            with pytest.raises(ConnectionResetError):
+        start = time.monotonic()
+        with pytest.raises(ConnectionResetError):
+            # the reset can come before create_connection's (non-blocking) connect has looked at SO_ERROR
+            with _client(addr) as c:
                 c.recv(100)
-            assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 1.0
         assert relay.active == 0
         assert "refused" in relay.stats["last_error"]
     finally:
@@ -289,8 +290,8 @@ def test_forward_uses_connector_and_target():
             c.sendall(b"published")
             assert c.recv(100) == b"published"
             assert asked == [c.getsockname()]       # the connector learns the real client address
-        with _client(bad_addr) as c:
-            with pytest.raises(ConnectionResetError):
+        with pytest.raises(ConnectionResetError):  # at connect or at the first read: a race, both fine
+            with _client(bad_addr) as c:
                 c.recv(100)
         assert "helper gone" in relay.stats["last_error"]
         driver.wait_idle()
