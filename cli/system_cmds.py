@@ -30,6 +30,10 @@ def info(ctx: typer.Context, fmt: str = typer.Option(None, "--format", "-f", hel
             lines.append("  idMappings: none (no /etc/subuid range: single-uid mapping, image owners are lost)")
         lines.append(f"  namespaceHolderPid: {host['namespaceHolderPid'] or 'not running'}")
         lines += [f"  {dev}: {state}" for dev, state in host["devices"].items()]
+    net = host["network"]
+    lines += ["  network:", f"    default: {net['defaultNetwork']} ({net['backend']})", f"    gateway: {net['gateway']}",
+              f"    dns: {net['dns']}", f"    icmp: {net['icmp']}", f"    ipv6: {net['ipv6']}",
+              f"    userNetworks: {', '.join(net['userNetworks']) or 'none'}"]
     lines += ["store:", f"  graphRoot: {store['graphRoot']}", f"  runRoot: {store['runRoot']}",
               f"  graphDriverName: {store['graphDriverName']}", f"  imageCount: {store['imageCount']}",
               f"  configDir: {store['configDir']}"]

@@ -284,6 +284,14 @@ def remove_network(store: Store, text: str, *, force: bool = False, timeout: flo
             os.unlink(ipam.lock_path(root, rec.name))
         except FileNotFoundError:
             pass
+    from pinnace.net import sharedns
+    if sharedns.pin_pid(str(store.layout.runroot)) is not None:
+        from pinnace.net.bridge import remove_bridge
+        store.join_userns()
+        try:  # its bridge in the shared namespace; left there, it would only sit idle until that stops
+            remove_bridge(str(store.layout.runroot), rec.interface)
+        except PinnaceError:
+            pass
     return rec.name
 
 

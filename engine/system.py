@@ -40,6 +40,25 @@ def device_access(path: str) -> str:
             f"`sudo chmod 666 {path}` (most distributions ship it 0666)")
 
 
+def _network_info(store: Store) -> dict:
+    from pinnace.net import sharedns
+    try:
+        networks = sorted(n[:-5] for n in os.listdir(store.layout.root / "networks")
+                          if n.endswith(".json") and not n.endswith(".ipam.json"))
+    except OSError:
+        networks = []
+    return {
+        "defaultNetwork": "usermode",
+        "backend": "pinnace relay (nf_tables redirect/TPROXY + supervisor relay; no /dev/net/tun, no helper binary)",
+        "gateway": "10.0.2.2 (host.containers.internal = the host's 127.0.0.1)",
+        "dns": "10.0.2.3 (user-mode), 127.0.0.11 (user networks): forwarded to the host's resolvers",
+        "icmp": "unsupported (ping from a container fails; TCP and UDP work)",
+        "ipv6": "unsupported",
+        "userNetworks": networks,
+        "sharedNamespacePid": sharedns.pin_pid(str(store.layout.runroot)),
+    }
+
+
 def system_info(store: Store) -> dict:
     from pinnace.runtime.userns import subid_ranges
     import pwd
@@ -69,6 +88,7 @@ def system_info(store: Store) -> dict:
             "subordinateIds": bool(mappings) if store.config.rootless else None,
             "namespaceHolderPid": holder,
             "devices": {path: device_access(path) for path in ("/dev/fuse", "/dev/net/tun")},
+            "network": _network_info(store),
         },
         "store": {"graphRoot": str(store.layout.root), "runRoot": str(store.layout.runroot),
                   "configDir": str(config_dir()),

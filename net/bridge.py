@@ -73,6 +73,28 @@ def live_disconnect(container_dir: str, network: dict) -> None:
     ctrstate.update_state(container_dir, network=net_state)
 
 
+def remove_bridge(runroot: str, interface: str) -> None:
+    """Take a removed network's bridge out of the shared namespace (if that is running)."""
+    from pinnace.net import sharedns
+    if not os.path.isdir(runroot):
+        return
+    with sharedns.SharedNetnsLock(runroot):
+        pid = sharedns.pin_pid(runroot)
+        if pid is not None:
+            _in_child(_delete_bridge, {"netns": f"/proc/{pid}/ns/net", "name": interface})
+
+
+def _delete_bridge(plan: dict) -> None:
+    from pinnace.net import rtnl
+    from pinnace.errors import NotFound
+    from pinnace.runtime import syscalls
+    syscalls.setns(os.open(plan["netns"], os.O_RDONLY | os.O_CLOEXEC), _CLONE_NEWNET)
+    try:
+        rtnl.delete_link(plan["name"])
+    except NotFound:
+        pass  # never brought up (no container ever ran on it since the namespace started)
+
+
 def _rules(net_state: dict, subnets: list[str]) -> dict:
     own = [f"{a['ip']}/32" for a in (net_state.get("networks") or {}).values()]
     excluded = ["127.0.0.0/8", *own, *subnets]

@@ -38,17 +38,21 @@ class SocketFactory:
         self.pid = 0
 
     def _start(self) -> None:
+        import gc
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        gc.freeze()  # the child shares the supervisor's pages: no collection may touch (copy) them
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                gc.disable()
                 _serve(theirs, self.netns_fd)
                 code = 0
             except BaseException:  # noqa: BLE001 - a forked child never returns into the supervisor
                 pass
             finally:
                 os._exit(code)
+        gc.unfreeze()
         theirs.close()
         self.channel, self.pid = ours, pid
 

@@ -198,6 +198,11 @@ class Supervisor:
         if not ann.get(ANN + "runtime") and ann.get(ANN + "network"):
             from pinnace.net.container_net import ContainerNetwork
             self.net = ContainerNetwork.from_spec(self.spec, container_dir)
+            import resource  # a relay holds two fds per connection: the soft limit (often 1024) is too low
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+            if soft != resource.RLIM_INFINITY and want > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         self.pid = self.init_pid = 0   # the process we wait for; the container's init (differ with --runtime)
         self.restarts = int(ctrstate.read_state(container_dir).get("restart_count") or 0)
         self.health = None
