@@ -20,6 +20,7 @@ Nothing is asserted. Rates: median (best), pinnace/podman > 1 means pinnace is f
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import queue
 import shutil
@@ -51,7 +52,7 @@ OPS = {
     "run_default": ("run --rm true, default network, s", None),
     "run_none": ("run --rm true, --network none, s", None),
 }
-HTTPD = "dd if=/dev/zero of=/srv/f bs=1M count=1024 2>/dev/null && touch /srv/ready && exec httpd -f -p {addr} -h /srv"
+HTTPD = "dd if=/dev/zero of=/srv/f bs=1M count=1024 2>/dev/null && touch /srv/ready && exec httpd -f -h /srv -p {addr}"
 RCVTIMEO = struct.pack("ll", 60, 0)  # a stalled transfer fails after 60 s instead of hanging the bench
 
 
@@ -95,13 +96,11 @@ class FileServer:
         return time.perf_counter() - t0, sent
 
     def take(self) -> tuple[float, int]:
-        """The last request's (seconds, bytes sent); (0, 0) if none came in 10 s."""
-        got = (0.0, 0)
+        """(seconds, bytes sent) of the next request; (0, 0) if none comes in 10 s."""
         try:
-            while True:  # earlier ones (a retried or failed run) are stale
-                got = self.done.get(timeout=10 if got == (0.0, 0) else 0)
+            return self.done.get(timeout=10)
         except queue.Empty:
-            return got
+            return 0.0, 0
 
     def close(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)
@@ -124,8 +123,7 @@ def http_get(port: int, path: str, buf: memoryview) -> tuple[bytes, int]:
 
 def wait_ready(port: int, buf: memoryview, seconds: float = 60) -> bool:
     """True once the httpd behind port answers GET /ready (the 1 GiB file is then complete)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    for _ in range(int(seconds / 0.2)):
         try:
             if b" 200 " in http_get(port, "ready", buf)[0]:
                 return True
@@ -143,11 +141,8 @@ def netns(pid: int | str) -> str:
 
 
 def rollup(pid: int | None, sign: int = 1) -> dict | None:
-    kib = {}
-    for line in (_read(f"/proc/{pid}/smaps_rollup") or "").splitlines() if pid else ():
-        key, _, rest = line.partition(":")
-        if key in ("Rss", "Pss") and rest.split():
-            kib[key.lower() + "_kib"] = int(rest.split()[0])
+    fields = (x.partition(":") for x in ((_read(f"/proc/{pid}/smaps_rollup") or "") if pid else "").splitlines())
+    kib = {f"{k.lower()}_kib": int(v.split()[0]) for k, _, v in fields if k in ("Rss", "Pss")}
     return {"pid": pid, **kib, "sign": sign} if len(kib) == 2 else None
 
 
@@ -165,24 +160,21 @@ class NetBench(Bench):
 
     def rounds(self, op: str, measure, tools: list[Tool] | None = None) -> None:
         """`measure(tool)` → seconds or None, reps times per tool, alternating which tool goes first."""
-        tools = [t for t in (tools or self.tools) if op not in t.errors]
-        quantity = OPS[op][1]
-        self.log(f"{OPS[op][0].strip()} ×{self.reps}")
+        tools, (label, quantity) = [t for t in (tools or self.tools) if op not in t.errors], OPS[op]
+        self.log(f"{label.strip()} ×{self.reps}")
         for i in range(self.reps):
             shown = []
             for tool in tools if i % 2 == 0 else tools[::-1]:
                 secs = measure(tool) if op not in tool.errors else None
-                if secs is None:
-                    shown.append(f"{tool.name} failed")
-                    continue
-                tool.samples.setdefault(op, []).append(secs)
-                shown.append(f"{tool.name} {quantity / secs:.2f}" if quantity else f"{tool.name} {secs:.3f} s")
+                if secs is not None:
+                    tool.samples.setdefault(op, []).append(secs)
+                shown.append(f"{tool.name} " + ("failed" if secs is None else f"{quantity / secs:.2f}" if quantity
+                                                else f"{secs:.3f} s"))
             self.log(f"  run {i + 1}: " + ", ".join(shown))
 
     def fail(self, tool: Tool, op: str, msg: str) -> None:  # None: what a failed measurement returns
         tool.errors[op] = msg
         self.log(f"  {tool.name}: {op} failed: {msg}")
-        return None
 
     def elapsed(self, tool: Tool, op: str, *args: str) -> float | None:
         try:
@@ -193,8 +185,6 @@ class NetBench(Bench):
     def started(self, tool: Tool, op: str, *args: str) -> str | None:
         out = self.sample(tool, op, "run", "-d", *args, record=False)
         return out.splitlines()[-1].strip() if out else None
-
-    # ---- the sections
 
     def run_rm(self) -> None:
         none = ["--network", "none"]
@@ -208,14 +198,13 @@ class NetBench(Bench):
         port = self.server.port
 
         def measure(tool: Tool) -> float | None:
-            if host_net:
-                net, url = ["--network", "host"], f"http://127.0.0.1:{port}/"
-            elif tool.name == "podman":
-                net, url = ["--network", "slirp4netns:allow_host_loopback=true"], f"http://10.0.2.2:{port}/"
-            else:
-                net, url = [], f"http://host.containers.internal:{port}/"
-            if self.sample(tool, op, "run", "--rm", *net, self.image, "wget", "-q", "-O", "/dev/null", url,
-                           record=False) is None:
+            net, host = (["--network", "host"], "127.0.0.1") if host_net else \
+                (["--network", "slirp4netns:allow_host_loopback=true"], "10.0.2.2") if tool.name == "podman" else \
+                ([], "host.containers.internal")
+            while not self.server.done.empty():  # stale: from a run that failed after connecting
+                self.server.done.get_nowait()
+            if self.sample(tool, op, "run", "--rm", *net, self.image, "wget", "-q", "-O", "/dev/null",
+                           f"http://{host}:{port}/", record=False) is None:
                 return None
             secs, sent = self.server.take()
             return secs if sent == SIZE else self.fail(tool, op, f"the server sent {sent} of {SIZE} bytes")
@@ -227,11 +216,10 @@ class NetBench(Bench):
         for tool in self.tools:
             with socket.create_server(("127.0.0.1", 0)) as s:  # a free port (for a moment)
                 port = s.getsockname()[1]
-            if host_net:
-                args = ["--network", "host", self.image, "sh", "-c", HTTPD.format(addr=f"127.0.0.1:{port}")]
-            else:
-                args = ["-p", f"127.0.0.1:{port}:80", self.image, "sh", "-c", HTTPD.format(addr="80")]
-            cid = self.started(tool, op, "--tmpfs", "/srv:size=1100m", *args)
+            net, addr = (["--network", "host"], f"127.0.0.1:{port}") if host_net else \
+                (["-p", f"127.0.0.1:{port}:80"], "80")
+            cid = self.started(tool, op, "--tmpfs", "/srv:size=1100m", *net, self.image, "sh", "-c",
+                               HTTPD.format(addr=addr))
             if cid and not wait_ready(port, self.buf):
                 self.fail(tool, op, f"httpd in {cid[:12]} never answered on 127.0.0.1:{port}")
             elif cid:
@@ -253,7 +241,7 @@ class NetBench(Bench):
             return self.fail(tool, op, f"GET /{path} on 127.0.0.1:{port}: {bad}") if bad else secs
         self.rounds(op, measure, [t for t in self.tools if t.name in ports])
 
-    def net_memory(self, store_root: dict[str, str]) -> None:
+    def net_memory(self, pinnace_root: str) -> None:
         """Memory of each engine's networking processes for the -p container (see the module docstring)."""
         nones = {t.name: self.started(t, "memory", "--network", "none", self.image, "sleep", "1000")
                  for t in self.tools}
@@ -261,7 +249,7 @@ class NetBench(Bench):
         for tool in (t for t in self.tools if t.name in self.published and nones[t.name]):
             cid = self.published[tool.name][0]
             try:
-                parts = pinnace_parts(store_root["pinnace"], cid, nones["pinnace"]) if tool.name == "pinnace" \
+                parts = pinnace_parts(pinnace_root, cid, nones["pinnace"]) if tool.name == "pinnace" \
                     else podman_parts(tool, cid)
             except (CommandFailed, subprocess.TimeoutExpired) as exc:
                 parts = {str(exc): None}
@@ -299,8 +287,6 @@ def podman_parts(tool: Tool, cid: str) -> dict[str, dict | None]:
     return parts
 
 
-# ---- results
-
 def report(bench: NetBench, facts: dict, label: str) -> dict:
     results = {}
     for op, (_, quantity) in OPS.items():
@@ -311,13 +297,11 @@ def report(bench: NetBench, facts: dict, label: str) -> dict:
                 e["median_rate"], e["best_rate"] = quantity / e["median_s"], quantity / e["min_s"]
         key = "median_rate" if quantity else "median_s"
         a, b = entry.get("pinnace", {}).get(key), entry.get("podman", {}).get(key)
-        entry["unit"] = "Gbit/s" if quantity == GBIT else "connections/s" if quantity else "s"
         entry["ratio_pinnace_podman"] = round(a / b, 3) if a and b else None
         results[op] = entry
-    setup = {t.name: {k: v for k, v in t.errors.items() if k not in OPS} for t in bench.tools}
     return {"benchmark": "network", "label": label, "reps": bench.reps, "image": bench.image, "size": SIZE,
             "connections": CONNECTIONS, "machine": facts, "results": results, "network_memory": bench.memory,
-            "setup_errors": setup}
+            "setup_errors": {t.name: {k: v for k, v in t.errors.items() if k not in OPS} for t in bench.tools}}
 
 
 def print_table(data: dict) -> None:
@@ -359,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         ap.error("--reps must be >= 1")
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
+    log: Log = functools.partial(print, file=sys.stderr, flush=True)
     image = f"{args.registry}/fixtures/busybox:latest"
     engines = [e for e in (("pinnace", args.pinnace, pinnace_tool), ("podman", args.podman, podman_tool))
                if args.only in (None, e[0])]
@@ -372,7 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     tools = [make(cmd.split(), workdir) for _, cmd, make in engines]
     by = {t.name: t for t in tools}
     facts = machine_facts(by.get("podman"), by.get("pinnace"))
-    roots = {"pinnace": str(workdir / "pinnace-root"), "podman": str(workdir / "podman-root")}
     blob = Path(f"/dev/shm/pinnace-netbench-{os.getpid()}")
     bench = NetBench(tools, image, args.reps, log)
     t0 = time.perf_counter()
@@ -388,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.outbound("outbound_host", host_net=True)
         bench.fetch("published", bench.start_httpd("published", host_net=False))
         bench.fetch("connect", {k: v[1] for k, v in bench.published.items()}, "ready", CONNECTIONS)
-        bench.net_memory(roots)
+        bench.net_memory(str(workdir / "pinnace-root"))
         for t in tools:
             bench.remove_all(t)
         bench.fetch("published_host", bench.start_httpd("published_host", host_net=True))

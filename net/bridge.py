@@ -23,9 +23,9 @@ def _container(container_dir: str) -> tuple[dict, dict]:
     state = ctrstate.effective_state(container_dir)
     if not ctrstate.is_running(state):
         raise InvalidArgument("the container is not running")
-    if ann.get("io.pinnace.network") != "bridge":
-        raise InvalidArgument("only containers on user networks can be connected to more of them while "
-                              "running (stop it first)")
+    if ann.get("io.pinnace.network") not in ("bridge", "usermode"):
+        raise InvalidArgument(f"a container with --network {ann.get('io.pinnace.network') or 'host/none'} "
+                              "cannot be connected while running (stop it first)")
     return ann, state
 
 
@@ -41,7 +41,9 @@ def live_connect(container_dir: str, network: dict, aliases: list[str]) -> None:
     with sharedns.SharedNetnsLock(runroot):
         shared = sharedns.ensure(runroot)
         alloc = ipam.allocate(root, network["name"], cid, ann.get("io.pinnace.name", ""), list(aliases))
-    index = len(networks)
+    used = {a.get("ifname") for a in networks.values()} | ({"eth0"} if net_state.get("mode") == "usermode" else set())
+    index = next(i for i in range(len(used) + 1) if f"eth{i}" not in used)
+    alloc = dict(alloc, ifname=f"eth{index}")
     plan = {"shared_netns": shared, "netns": f"/proc/{state['pid']}/ns/net",
             "iface": {"name": f"eth{index}", "address": f"{alloc['ip']}/{alloc['prefix']}",
                       "bridge": alloc["interface"], "host_side": f"vp{cid[:10]}{index}",
@@ -96,12 +98,13 @@ def _delete_bridge(plan: dict) -> None:
 
 
 def _rules(net_state: dict, subnets: list[str]) -> dict:
-    own = [f"{a['ip']}/32" for a in (net_state.get("networks") or {}).values()]
-    excluded = ["127.0.0.0/8", *own, *subnets]
     from pinnace.net.container_net import BRIDGE_DNS
+    excluded = [*(net_state.get("base_exclude") or ["127.0.0.0/8"]), *subnets]
+    dns = net_state.get("dns") or [BRIDGE_DNS, 53]
+    udp_excluded = excluded + ([f"{dns[0]}/32"] if not dns[0].startswith("127.") else [])
     return {"outbound": net_state.get("outbound", False), "published": net_state.get("published", False),
-            "dns": [BRIDGE_DNS, 53],
-            "tcp_exclude": excluded, "udp_exclude": excluded, "always": net_state.get("always", [])}
+            "dns": dns, "udp_exclude": udp_excluded,
+            "tcp_exclude": excluded, "always": net_state.get("always", [])}
 
 
 def _connect(plan: dict) -> None:

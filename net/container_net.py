@@ -79,44 +79,65 @@ class ContainerNetwork:
         self._write_hosts()
         return plan
 
+    def _wanted_networks(self) -> dict:
+        try:
+            with open(os.path.join(self.dir, "networks.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     def _usermode_plan(self) -> dict:
+        """The default network; user networks connected to the container (`network connect`) are added as
+        eth1… — the way out stays the user-mode one."""
         self.address, self.gateway = USERMODE_ADDRESS, USERMODE_GATEWAY
         own = f"{USERMODE_ADDRESS}/32"
-        return {"mode": "usermode", "gateway": USERMODE_GATEWAY, "outbound": True,
+        plan = {"mode": "usermode", "gateway": USERMODE_GATEWAY, "outbound": True,
                 "interfaces": [{"name": "eth0", "address": f"{USERMODE_ADDRESS}/{USERMODE_PREFIX}"}],
                 "tcp_exclude": ["127.0.0.0/8", own], "udp_exclude": ["127.0.0.0/8", own, f"{USERMODE_DNS}/32"],
                 "dns": [USERMODE_DNS, 53]}
+        wanted = self._wanted_networks()
+        if wanted:
+            plan["shared_netns"] = self._allocate(wanted, plan["interfaces"])
+            subnets = [a["subnet"] for a in self.networks.values()]
+            plan["tcp_exclude"] += subnets
+            plan["udp_exclude"] += subnets
+        return plan
 
     def _bridge_plan(self) -> dict:
-        from pinnace.net import ipam, sharedns
-        try:
-            with open(os.path.join(self.dir, "networks.json")) as f:
-                wanted: dict = json.load(f)
-        except (OSError, ValueError):
-            wanted = {}
+        wanted = self._wanted_networks()
         if not wanted:  # disconnected from its last network: only lo, as Docker leaves it
             return {"mode": "bridge", "shared_netns": None, "interfaces": [], "gateway": None, "outbound": False,
                     "dns": [BRIDGE_DNS, 53]}
-        interfaces, excluded, gateway, gateway_dev, outbound = [], ["127.0.0.0/8"], None, None, False
-        with sharedns.SharedNetnsLock(self.runroot):
-            shared = sharedns.ensure(self.runroot)
-            for index, (name, options) in enumerate(wanted.items()):
-                alloc = ipam.allocate(self.root, name, self.cid, self.name,
-                                      list(options.get("aliases") or ()), alive=self._alive)
-                self.networks[name] = alloc
-                interfaces.append({"name": f"eth{index}", "address": f"{alloc['ip']}/{alloc['prefix']}",
-                                   "bridge": alloc["interface"], "host_side": f"vp{self.cid[:10]}{index}",
-                                   "bridge_address": f"{alloc['gateway']}/{alloc['prefix']}"})
-                excluded.append(alloc["subnet"])
-                if not alloc["internal"] and gateway is None:
-                    gateway, gateway_dev, outbound = alloc["gateway"], f"eth{index}", True
+        interfaces: list[dict] = []
+        shared = self._allocate(wanted, interfaces)
+        excluded = ["127.0.0.0/8", *(a["subnet"] for a in self.networks.values())]
+        gateway = gateway_dev = None
+        for index, alloc in enumerate(self.networks.values()):
+            if not alloc["internal"]:
+                gateway, gateway_dev = alloc["gateway"], f"eth{index}"
+                break
         first = next(iter(self.networks.values()))  # the first network's address is the container's
         self.address, self.gateway = first["ip"], gateway or first["gateway"]
         return {"mode": "bridge", "shared_netns": shared, "interfaces": interfaces, "gateway": gateway,
-                "gateway_dev": gateway_dev,
-                "outbound": outbound, "tcp_exclude": excluded, "udp_exclude": excluded,
-                "always": [gateway] if gateway else [],
-                "dns": [BRIDGE_DNS, 53]}
+                "gateway_dev": gateway_dev, "outbound": gateway is not None,
+                "tcp_exclude": excluded, "udp_exclude": excluded,
+                "always": [gateway] if gateway else [], "dns": [BRIDGE_DNS, 53]}
+
+    def _allocate(self, wanted: dict, interfaces: list[dict]) -> str:
+        """Addresses on the user networks in `wanted` (IPAM), one veth interface each appended to
+        `interfaces`; returns the shared namespace's path (started if needed)."""
+        from pinnace.net import ipam, sharedns
+        with sharedns.SharedNetnsLock(self.runroot):
+            shared = sharedns.ensure(self.runroot)
+            for name, options in wanted.items():
+                index = len(interfaces)
+                alloc = ipam.allocate(self.root, name, self.cid, self.name,
+                                      list(options.get("aliases") or ()), alive=self._alive)
+                self.networks[name] = dict(alloc, ifname=f"eth{index}")
+                interfaces.append({"name": f"eth{index}", "address": f"{alloc['ip']}/{alloc['prefix']}",
+                                   "bridge": alloc["interface"], "host_side": f"vp{self.cid[:10]}{index}",
+                                   "bridge_address": f"{alloc['gateway']}/{alloc['prefix']}"})
+        return shared
 
     def _alive(self, cid: str) -> bool:
         from pinnace.runtime import ctrstate
@@ -183,8 +204,6 @@ class ContainerNetwork:
     def _lookup(self):  # noqa: ANN202 - callable(name) -> list[str] | None
         own = {n.lower(): [self.address] for n in (self.hostname, self.name) if n and self.address}
         own.update({n: [self.gateway] for n in GATEWAY_NAMES if self.gateway})
-        if self.mode != "bridge":
-            return own.get
         from pinnace.net import ipam
         path = os.path.join(self.dir, "networks.json")
         try:
@@ -266,7 +285,14 @@ class ContainerNetwork:
         """What inspect/port show while it runs: addresses and the host ports actually bound."""
         return {"mode": self.mode, "address": self.address, "gateway": self.gateway, "networks": self.networks,
                 "ports": [m.to_json() for m in self.published], "outbound": bool(self.plan.get("outbound")),
-                "published": bool(self.plan.get("published")), "always": self.plan.get("always", [])}
+                "published": bool(self.plan.get("published")), "always": self.plan.get("always", []),
+                "dns": self.plan.get("dns"), "base_exclude": self._base_exclude()}
+
+    def _base_exclude(self) -> list[str]:
+        """What stays inside besides the user networks' subnets (for live connect/disconnect)."""
+        if self.mode == "usermode":
+            return ["127.0.0.0/8", f"{USERMODE_ADDRESS}/32"]
+        return ["127.0.0.0/8"]
 
     # -- after it ran ---------------------------------------------------------------------------------
     def stopped(self) -> None:
@@ -281,7 +307,7 @@ class ContainerNetwork:
 
     def release(self) -> None:
         self.stopped()
-        if self.mode == "bridge":
+        if self.networks or self.mode == "bridge":
             release_addresses(self.root, self.runroot, self.cid, list(self.networks) or None, self.dir)
             self.networks = {}
 

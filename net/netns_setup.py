@@ -32,10 +32,10 @@ _CLONE_NEWNET = 0x40000000
 def configure(plan: dict) -> list[int]:
     from pinnace.net import rtnl
     rtnl.set_up("lo")
-    if plan["mode"] == "bridge" and plan["interfaces"]:
+    if any(iface.get("bridge") for iface in plan["interfaces"]):
         _attach_veths(plan)
     for iface in plan["interfaces"]:
-        if plan["mode"] == "usermode":
+        if not iface.get("bridge"):  # user-mode's eth0: a lone device that only carries the address
             rtnl.create_bridge(iface["name"])
         rtnl.add_address(iface["name"], iface["address"])
         for extra in iface.get("extra", ()):
@@ -103,7 +103,7 @@ def _attach_veths(plan: dict) -> None:
     try:
         syscalls.setns(shared, _CLONE_NEWNET)
         try:
-            for iface in plan["interfaces"]:
+            for iface in [i for i in plan["interfaces"] if i.get("bridge")]:
                 ensure_bridge(iface["bridge"], iface["bridge_address"])
                 rtnl.create_veth(iface["host_side"], iface["name"], peer_netns_fd=own)
                 rtnl.set_master(iface["host_side"], iface["bridge"])

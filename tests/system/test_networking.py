@@ -295,8 +295,13 @@ def test_connect_and_disconnect_a_running_container(p):
         p("network", "disconnect", "left", "rclient")
         assert p(*fetch, check=False).rc != 0
         assert p("exec", "rclient", "sh", "-c", "ip -o -4 addr | grep -c 'inet '").out.strip() == "2"  # lo, eth0
+        # a container on the default network joins a user network too, and keeps its way out
+        p("run", "-d", "--name", "dclient", BUSYBOX, "sleep", "300")
+        p("network", "connect", "left", "dclient")
+        assert p("exec", "dclient", "timeout", "5", "wget", "-qO-", "http://lserver/hostname").out.strip()
+        assert p("exec", "dclient", "sh", "-c", "ip -o -4 addr show eth0").out.split()[3] == "10.0.2.100/24"
     finally:
-        p("rm", "-f", "lserver", "rclient", check=False)
+        p("rm", "-f", "lserver", "rclient", "dclient", check=False)
         p("network", "rm", "left", "right", check=False)
 
 
