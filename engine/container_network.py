@@ -3,6 +3,7 @@ reads (annotations, the container's networks.json) and the container's resolv.co
 
 Modes (Docker's names where they exist):
     "" / default / bridge / usermode  own namespace, user-mode relayed networking (rootless' default)
+    slirp4netns, pasta                own namespace served by that external helper (when installed)
     host, none                        the host's namespace / only lo
     container:NAME                    another running container's namespace
     NAME                              a user network (`network create`): bridge in the shared namespace
@@ -40,9 +41,12 @@ def choose_network(store, opts, image_cfg: dict) -> NetworkChoice:  # noqa: ANN0
         choice = NetworkChoice(requested)
     elif requested in DEFAULT_ALIASES:
         choice = NetworkChoice("usermode")
-    elif requested.split(":")[0] in EXTERNAL_BACKENDS:
-        raise InvalidArgument(f"--network {requested}: external network helpers are not supported; the default "
-                              "user-mode network does the same job without one (README: Networking)")
+    elif requested in EXTERNAL_BACKENDS:
+        from pinnace.net.external_backend import PACKAGES, find
+        if find(requested) is None:
+            raise InvalidArgument(f"--network {requested}: {requested} is not installed (Debian package "
+                                  f"{PACKAGES[requested]}); the default network needs no helper")
+        choice = NetworkChoice(requested)
     elif requested.startswith("container:"):
         choice = NetworkChoice("container:" + _container_id(store, requested.split(":", 1)[1]))
     else:
@@ -107,7 +111,7 @@ def resolv_conf(choice: NetworkChoice, dns: tuple[str, ...]) -> str:
     others = [l for l in host.splitlines() if l.split()[:1] in (["search"], ["domain"], ["options"])]
     if dns:
         servers = list(dns)
-    elif choice.mode == "usermode":
+    elif choice.mode in ("usermode", *EXTERNAL_BACKENDS):
         from pinnace.net.container_net import USERMODE_DNS
         servers = [USERMODE_DNS]
     elif choice.mode == "bridge":

@@ -176,3 +176,30 @@ ProgressCallback = Callable[[ProgressEvent], None]  # called from worker threads
 # since creating the image records' dataclasses costs ~6 ms of its start-up.
 from pinnace.engine.container_contract import ContainerCreateOptions, ContainerSummary, ExecOptions  # noqa: E402,F401
 from pinnace.engine.network_contract import NetworkCreateOptions, NetworkRecord, NetworkUser  # noqa: E402,F401
+
+
+# -- push (appended for issue 5) ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImagePushOptions:
+    """A local image and where to push it."""
+
+    image: str                           # name, ID or digest of the local image
+    destination: str | None = None       # [docker://]registry/repository[:tag]; None = the image's own name
+    format: str | None = None            # "oci" | "v2s2"; None = the stored manifest's type
+    compression: str | None = None       # "gzip" | "zstd"; None = blobs as stored (gzip for uncompressed ones)
+    tls_verify: bool | None = None
+    credentials: tuple[str, str] | None = None
+    authfile: str | None = None
+
+
+@dataclass(frozen=True)
+class ImagePushReport:
+    """What a push did."""
+
+    reference: str                       # canonical destination, registry/repository:tag
+    digest: str                          # manifest digest in the registry
+    media_type: str                      # manifest media type pushed
+    blobs_uploaded: int
+    blobs_mounted: int
+    blobs_skipped: int                   # already in the repository
+    layers_compressed: int               # compressed for this push (not found in the store's blob cache)

@@ -306,6 +306,13 @@ class LocalEngine:
         from pinnace.engine.networks import disconnect
         disconnect(self.store, network, container, force=force)
 
+    # -- push (issue 5) ---------------------------------------------------------------------------------
+    def image_push(self, opts: ImagePushOptions, progress: ProgressCallback | None = None) -> ImagePushReport:
+        from pinnace.engine.contract import no_progress
+        from pinnace.engine.push import push_image
+        return push_image(self.store, opts, progress or no_progress)
+
 
 if TYPE_CHECKING:
     from pinnace.engine.network_contract import NetworkCreateOptions
+    from pinnace.engine.contract import ImagePushOptions, ImagePushReport

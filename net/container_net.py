@@ -23,6 +23,7 @@ ANN = "io.pinnace."
 USERMODE_ADDRESS, USERMODE_PREFIX, USERMODE_GATEWAY, USERMODE_DNS = "10.0.2.100", 24, "10.0.2.2", "10.0.2.3"
 BRIDGE_DNS = "127.0.0.11"            # as Docker's embedded DNS
 GATEWAY_NAMES = ("host.containers.internal", "host.docker.internal")
+EXTERNAL = ("slirp4netns", "pasta")     # optional helpers (net/external_backend.py) instead of our relay
 DNS_SERVERS_ENV = "PINNACE_DNS_SERVERS"   # "ip[:port],…": upstream resolvers instead of the host's
 
 
@@ -54,17 +55,23 @@ class ContainerNetwork:
         self.published: list = []  # the PortMappings bound, random host ports resolved
         self._owner: dict = {}    # fd -> the part that watches it, this round of the loop
         self.plan: dict = {}
-        self.relay = self.udp = self.dns = self.factory = None
+        self.relay = self.udp = self.dns = self.factory = self.backend = None
 
     @classmethod
     def from_spec(cls, spec: dict, container_dir: str) -> "ContainerNetwork | None":
         mode = spec.get("annotations", {}).get(ANN + "network", "")
-        return cls(spec, container_dir) if mode in ("usermode", "bridge") or mode.startswith("container:") else None
+        known = mode in ("usermode", "bridge", *EXTERNAL) or mode.startswith("container:")
+        return cls(spec, container_dir) if known else None
 
     # -- before a start -------------------------------------------------------------------------------
     def prepare(self) -> dict:
         if self.mode.startswith("container:"):
             return {"mode": "container", "netns": self._other_netns(self.mode.split(":", 1)[1])}
+        if self.mode in EXTERNAL:  # the helper configures the namespace and publishes the ports itself
+            self.address, self.gateway = USERMODE_ADDRESS, USERMODE_GATEWAY
+            self.plan = {"mode": self.mode, "interfaces": [], "gateway": None, "outbound": False, "wait": True}
+            self._write_hosts()
+            return self.plan
         plan = self._usermode_plan() if self.mode == "usermode" else self._bridge_plan()
         if self.ports:
             from pinnace.net.ports import bind_host_listeners
@@ -176,6 +183,16 @@ class ContainerNetwork:
         from pinnace.net.factory import SocketFactory
         fds = list(fds)
         if not fds:
+            return
+        if self.mode in EXTERNAL:
+            from pinnace.net.external_backend import ExternalBackend
+            self.backend = ExternalBackend(self.mode, fds[0], init_pid, self.ports, self.dir)
+            try:
+                self.backend.start()
+            finally:
+                for fd in fds:
+                    os.close(fd)   # the helper has entered the namespace (or failed)
+            self.published = list(self.backend.published())
             return
         self.factory = SocketFactory(fds.pop(0))
         upstreams = self.upstreams or _host_upstreams()
@@ -299,7 +316,9 @@ class ContainerNetwork:
         for part in (self.relay, self.udp, self.dns, self.factory):
             if part is not None:
                 part.close()
-        self.relay = self.udp = self.dns = self.factory = None
+        if self.backend is not None:
+            self.backend.stop()
+        self.relay = self.udp = self.dns = self.factory = self.backend = None
         for _, fd in self.bound:
             os.close(fd)
         self.bound = []

@@ -51,14 +51,17 @@ def wait_exit(pid: int) -> int:
 
 
 def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool = False,
-          handoff: list[int] | None = None, network: dict | None = None) -> int:
+          handoff: list[int] | None = None, network: dict | None = None,
+          network_ready: "Callable[[list[int]], None] | None" = None) -> int:
     """Start the container; return the pid to wait for (its exit status is the container's).
     `stdio`: file descriptors for the container's stdin, stdout and stderr (default: ours).
     `direct`: return the container's init itself (the intermediate process exits at once), so that the
     caller, which must be a child subreaper, waits for and signals the init directly (the supervisor).
     `network` (with `direct`): the plan net/netns_setup.configure carries out in the new network namespace
     (mode "container": join the namespace at plan["netns"] instead); `handoff` receives the fds it made
-    there for the caller (the relay's listeners, the DNS socket)."""
+    there for the caller (the relay's listeners, the DNS socket). With plan["wait"], the container's command
+    waits until `network_ready(fds)` (called here, before that command runs) has returned: an external
+    helper (slirp4netns, pasta) configures the namespace from outside first."""
     flags = 0
     for ns in spec["linux"]["namespaces"]:
         flags |= _NS_FLAGS[ns["type"]]
@@ -98,6 +101,8 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
                 fd_channel[1].sendmsg([b"n"], [(_SOL_SOCKET, _SCM_RIGHTS, _fd_bytes(fds))] if fds else [])
                 for fd in fds:
                     os.close(fd)
+                if network.get("wait") and fd_channel[1].recv(1) != b"g":
+                    raise SetupError("the container's network could not be set up")
             init = os.fork()  # the first child in a new pid namespace is its pid 1
             if init == 0:
                 if direct:
@@ -128,11 +133,20 @@ def start(spec: dict, stdio: tuple[int, int, int] | None = None, *, direct: bool
         fd_channel[1].close()
         try:
             _, ancillary, _, _ = fd_channel[0].recvmsg(1, 256)
+            for level, kind, data in ancillary:
+                if level == _SOL_SOCKET and kind == _SCM_RIGHTS and handoff is not None:
+                    handoff.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4))
+            if network.get("wait"):
+                try:
+                    if network_ready is not None:
+                        network_ready(list(handoff or []))
+                    fd_channel[0].send(b"g")
+                except BaseException:
+                    os.kill(child, signal.SIGKILL)
+                    os.waitpid(child, 0)
+                    raise
         finally:
             fd_channel[0].close()
-        for level, kind, data in ancillary:
-            if level == _SOL_SOCKET and kind == _SCM_RIGHTS and handoff is not None:
-                handoff.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4))
     try:
         data = b""
         while chunk := os.read(report_r, 64):

@@ -249,8 +249,10 @@ class Supervisor:
                 plan = self.net.prepare() if self.net is not None else None
                 pid = 0
                 try:
-                    pid = executor.start(self.spec, stdio, direct=True, handoff=handoff, network=plan)
-                    if self.net is not None:
+                    ready = (lambda fds: self.net.started(0, fds)) if plan and plan.get("wait") else None
+                    pid = executor.start(self.spec, stdio, direct=True, handoff=handoff, network=plan,
+                                         network_ready=ready)
+                    if self.net is not None and ready is None:
                         self.net.started(pid, handoff)
                 except BaseException:
                     if self.net is not None:

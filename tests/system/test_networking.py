@@ -339,6 +339,7 @@ def test_killed_supervisor_leaves_nothing_once_removed(p):
                 "httpd", "-f", "-p", "80").out.strip()
         state = p("inspect", cid).json()[0]
         port = int(state["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+        _wait_http("127.0.0.1", port)          # a port published from a user network serves
         pin = _pin(p)
         assert pin and _alive(pin)
         sup = next(int(d) for d in os.listdir("/proc")
