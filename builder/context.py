@@ -215,8 +215,16 @@ def _open(source: str, dockerfile: str | None, stdin: BinaryIO | None, workdir: 
         else:
             df_path, name = _find_dockerfile(root, dockerfile, workdir, ctx_kind, source)
             text = _read_dockerfile(df_path, name)
-    rules, ignore_path = _ignore_rules(root, df_path, ignorefile, workdir)
+    rules, ignore_path = _ignore_rules(root, df_path, ignorefile, workdir, ctx_kind)
     return BuildContext(root, text, name, df_path, ctx_kind, rules, ignore_path, digests, temp)
+
+
+def _lookup(root: str, name: str, ctx_kind: str) -> str | None:
+    """Host path of `name` in the context. The user's own directory is used as it is (a Dockerfile may be
+    a symlink to anywhere, as with Docker); in an extracted archive symlinks are followed only inside it."""
+    if ctx_kind == "dir":
+        return os.path.join(root, name)
+    return find_in_root(root, name)
 
 
 def _find_dockerfile(root: str, dockerfile: str | None, workdir: str, ctx_kind: str,
@@ -224,7 +232,7 @@ def _find_dockerfile(root: str, dockerfile: str | None, workdir: str, ctx_kind: 
     """(host path, display name) of the Dockerfile."""
     if dockerfile is None:
         for name in DEFAULT_NAMES:
-            found = find_in_root(root, name)
+            found = _lookup(root, name, ctx_kind)
             if found is not None and os.path.isfile(found):
                 return found, name
         raise NotFound(f"cannot find a Dockerfile or Containerfile in the build context {source} (use -f)")
@@ -236,24 +244,28 @@ def _find_dockerfile(root: str, dockerfile: str | None, workdir: str, ctx_kind: 
         candidate = os.path.join(workdir, dockerfile)
         if os.path.exists(candidate):
             return candidate, dockerfile
-    found = find_in_root(root, dockerfile)
-    if found is None:
+    found = _lookup(root, dockerfile, ctx_kind)
+    if found is None or not os.path.exists(found):
         raise NotFound(f"cannot find the Dockerfile {dockerfile}: no such file or directory")
     return found, dockerfile
 
 
-def _ignore_rules(root: str, df_path: str | None, ignorefile: str | None,
-                  workdir: str) -> tuple[IgnoreRules, str | None]:
+def _ignore_rules(root: str, df_path: str | None, ignorefile: str | None, workdir: str,
+                  ctx_kind: str) -> tuple[IgnoreRules, str | None]:
     if ignorefile is not None:
         path = os.path.join(workdir, ignorefile)
         if not os.path.isfile(path):
             raise NotFound(f"ignore file {ignorefile}: no such file")
-        candidates = [path]
+        candidates: list[str | None] = [path]
     else:
-        candidates = [df_path + ".dockerignore"] if df_path else []
-        candidates += [p for p in (find_in_root(root, ".containerignore"), find_in_root(root, ".dockerignore")) if p]
+        candidates = []
+        if df_path is not None:
+            inside = os.path.relpath(df_path, root)
+            candidates.append(df_path + ".dockerignore" if ctx_kind == "dir" or inside.startswith("../")
+                              else _lookup(root, inside + ".dockerignore", ctx_kind))
+        candidates += [_lookup(root, ".containerignore", ctx_kind), _lookup(root, ".dockerignore", ctx_kind)]
     for path in candidates:
-        if os.path.isfile(path):
+        if path is not None and os.path.isfile(path):
             try:
                 with open(path, "rb") as f:
                     text = f.read().decode("utf-8", "replace")

@@ -124,10 +124,14 @@ class ContextFiles:
                         found.append(path)
             if i == len(comps) - 1:
                 return found
-            prefixes = []  # the next component lists these directories: follow their symlinks first
+            # the next component lists these directories. A literal one is part of the argument: its
+            # symlinks are followed (BuildKit); a wildcard match is descended only when it is a real
+            # directory, as the walkers of both Docker builders do
+            prefixes = []
             for path in found:
-                real = self._follow(path, arg, instruction)
-                if real is not None and os.path.isdir(os.path.join(self.root, real)):
+                real = self._follow(path, arg, instruction) if literal else path
+                if real is not None and os.path.isdir(host := os.path.join(self.root, real)) \
+                        and (literal or not os.path.islink(host)):
                     prefixes.append(real)
         return []
 

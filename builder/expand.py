@@ -235,7 +235,7 @@ class _Lexer:
             if self.skip_unset:
                 return "${" + name + "}"
             raise DockerfileError(f"unsupported modifier ({mods}) in substitution")
-        pattern_op = ch in ("#", "%") and bool(ch)
+        pattern_op = ch in ("#", "%")
         if null_is_unset and pattern_op:
             raise DockerfileError(f"unsupported modifier ({mods}) in substitution")
         word = self.until_brace(pattern_op)
@@ -252,7 +252,7 @@ class _Lexer:
             if unset:
                 raise DockerfileError(f"{name}: {word or 'is not allowed to be empty'}")
             return value
-        if ch in ("#", "%") and ch:
+        if ch in ("#", "%"):
             greedy = word.startswith(ch)
             return _trim(value or "", word[1:] if greedy else word, ch == "#", greedy)
         raise DockerfileError(f"unsupported modifier ({mods}) in substitution")
@@ -293,9 +293,9 @@ def _pattern_regex(pattern: str) -> str:
             out.append(".")
         elif ch == "\\":
             following = pattern[i] if i < len(pattern) else ""
-            if following in ("}", "/") and following:
+            if following in ("}", "/"):
                 continue  # the escape protected the ${} syntax; it is not part of the pattern
-            if following not in ("*", "?", "\\") or not following:
+            if following not in ("*", "?", "\\"):
                 raise DockerfileError(f"invalid escape '\\{following}'")
             out.append(re.escape(following))
             i += 1
@@ -305,7 +305,7 @@ def _pattern_regex(pattern: str) -> str:
 
 
 def _trim(value: str, pattern: str, prefix: bool, greedy: bool) -> str:
-    regex = re.compile(_pattern_regex(pattern), re.DOTALL)
+    regex = re.compile(_pattern_regex(pattern))
     cuts = range(len(value) + 1)
     if prefix:  # shortest prefix first unless greedy
         for cut in (reversed(cuts) if greedy else cuts):
@@ -363,9 +363,8 @@ def split_words(text: str, escape: str = "\\") -> list[str]:
             if ch in "'\"":
                 quote = ch
             word += ch
-    # an opened quote still produces its (possibly empty) word: expansion reports the missing quote
-    if word or quote or (text and text[-1] in "'\""):
-        words.append(word) if word else None
+    if word:  # an unterminated quote ends the word: expanding it reports the missing quote
+        words.append(word)
     return words
 
 

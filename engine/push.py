@@ -88,18 +88,31 @@ def target_compression(layer: LayerRef, manifest_type: str, wanted: str | None) 
     return stored if stored and (manifest_type, stored) in _LAYER_TYPES else "gzip"
 
 
-def mount_sources(rec: ImageRecord, dest: Reference) -> list[str]:
-    """Repositories of the destination registry that may hold the image's blobs: where it was pulled
-    from or pushed to (repo digests) first, then the repositories its names point at."""
+def _repositories(rec: ImageRecord, registry: str) -> list[str]:
+    """Repositories of `registry` the image was pulled from or pushed to (repo digests), then those its
+    names point at."""
     out = []
     for text in (*(d.split("@", 1)[0] for d in rec.digests), *(n.rsplit(":", 1)[0] for n in rec.names)):
         try:
             ref = parse_reference(text, default_tag=None)
         except InvalidArgument:
             continue
-        if ref.registry == dest.registry and ref.repository != dest.repository:
+        if ref.registry == registry:
             out.append(ref.repository)
     return list(dict.fromkeys(out))
+
+
+def mount_sources(store: Store, rec: ImageRecord, dest: Reference) -> dict[str, list[str]]:
+    """Blob digest → repositories of the destination registry that may hold it, learnt from every
+    local image (a committed image's base layer is mountable from where the base was pulled)."""
+    images = {img.id: img for img in store.images.list()}
+    repos = {iid: _repositories(img, dest.registry) for iid, img in images.items()}
+    pairs = [(iid, d) for iid, img in images.items() for d in (iid, *(l.blob_digest for l in img.layers))]
+    pairs += [(r[0], r[1]) for r in store.db.query("SELECT image_id, digest FROM image_blobs")]
+    sources: dict[str, list[str]] = {}
+    for iid, digest in sorted(pairs, key=lambda p: p[0] != rec.id):  # this image's own repositories first
+        sources.setdefault(digest, []).extend(r for r in repos.get(iid, ()) if r != dest.repository)
+    return {d: list(dict.fromkeys(r)) for d, r in sources.items() if r}
 
 
 def make_client(ref: Reference, tls_verify: bool | None, credentials: tuple[str, str] | None) -> PushClient:
@@ -288,12 +301,13 @@ def push_image(store: Store, opts: ImagePushOptions, progress: ProgressCallback)
 
 def _push(store: Store, client, rec: ImageRecord, dest: Reference, manifest_type: str,  # noqa: ANN001
           stored_raw: bytes, config_raw: bytes, targets: list[str], progress: ProgressCallback) -> ImagePushReport:
-    client.ping()  # a registry that wants credentials says so before any layer is compressed
-    sources = mount_sources(rec, dest)
+    # The first request: a registry that wants credentials says so before any layer is compressed.
+    config_exists = client.blob_exists(dest.repository, rec.id, push=True)
+    sources = mount_sources(store, rec, dest)
 
     def send(digest: str, size: int, open_blob: Callable) -> BlobPush:  # noqa: ANN401
         progress(ProgressEvent(ProgressKind.LAYER_START, id=digest, total=size))
-        result = client.push_blob(dest.repository, digest, size, open_blob, mount_from=sources,
+        result = client.push_blob(dest.repository, digest, size, open_blob, mount_from=sources.get(digest, ()),
                                   progress=lambda n: progress(ProgressEvent(ProgressKind.LAYER_PROGRESS, id=digest,
                                                                             current=n, total=size)))
         if result.outcome == EXISTS:
@@ -330,7 +344,8 @@ def _push(store: Store, client, rec: ImageRecord, dest: Reference, manifest_type
     push_config = _config_for(config_raw, layers, rec)
     config_digest = sha256_digest(push_config)
     config_result = client.push_blob(dest.repository, config_digest, len(push_config),
-                                     lambda: io.BytesIO(push_config), mount_from=sources)
+                                     lambda: io.BytesIO(push_config), mount_from=sources.get(config_digest, ()),
+                                     exists=config_exists if config_digest == rec.id else None)
     progress(ProgressEvent(ProgressKind.WRITING, id=config_digest))
     manifest = build_manifest(rec, stored_raw, manifest_type, push_config, layers)
     digest = client.put_manifest(dest.repository, dest.tag or "latest", manifest, manifest_type)

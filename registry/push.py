@@ -210,10 +210,11 @@ class PushClient(RegistryClient):
         return UploadSession(self, repository, location, f"blob {where}@{mount}" if mount else what)
 
     def push_blob(self, repository: str, digest: str, size: int, open_blob: Callable[[], BinaryIO], *,
-                  mount_from: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> BlobPush:
-        """Make sure `repository` has the blob: HEAD, then a mount from one of `mount_from` (repositories
-        of this registry that may hold it), then an upload of `open_blob()` (`size` bytes)."""
-        if self.blob_exists(repository, digest, push=True):
+                  mount_from: Sequence[str] = (), progress: Callable[[int], None] | None = None,
+                  exists: bool | None = None) -> BlobPush:
+        """Make sure `repository` has the blob: HEAD (unless `exists` already says), then a mount from one
+        of `mount_from` (repositories of this registry that may hold it), then an upload of `open_blob()`."""
+        if exists if exists is not None else self.blob_exists(repository, digest, push=True):
             return BlobPush(digest, EXISTS)
         session: UploadSession | None = None
         sources = [s for s in dict.fromkeys(mount_from) if s != repository][:MAX_MOUNT_SOURCES]

@@ -200,9 +200,10 @@ def test_committed_image_is_compressed_and_pushed(pinnace, module_pinnace, tmp_p
     new_layer = body["layers"][1]["digest"]
     with _request(REGISTRY, f"/v2/{name}/blobs/{new_layer}") as resp:
         assert resp.read(2) == b"\x1f\x8b"
-    assert blob_lines(res.err) == [
+    # the base layer is mounted from where the base image came from, the new one is uploaded
+    assert sorted(blob_lines(res.err)) == sorted([
         f"Copying blob {fixtures_info['busybox']['layers'][0]['digest'][7:19]} mounted from {REGISTRY}/fixtures/busybox",
-        f"Copying blob {new_layer[7:19]} done"]
+        f"Copying blob {new_layer[7:19]} done"])
     ref = f"{REGISTRY}/{name}:v1"
     assert module_pinnace("run", "--rm", ref, "sh", "-c", "cat /f; ls /home/app/hello.txt || true").out == "pushed\n"
     # skopeo reads it too (it checks every layer against the config's diff_ids)
