@@ -396,7 +396,8 @@ class _Parser:
             if isinstance(inst, _From):
                 if inst.name is not None and inst.name in names:
                     raise self.fail(f"duplicate stage name {go_quote(inst.name)}", inst.line)
-                names.add(inst.name or "")
+                if inst.name is not None:
+                    names.add(inst.name)
                 close()
                 header, body = inst, []
             elif header is not None:

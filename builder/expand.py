@@ -220,6 +220,8 @@ class _Lexer:
             raise DockerfileError("syntax error: bad substitution")
         name = self.name()
         ch = self.next()
+        if not ch:
+            raise DockerfileError("syntax error: missing '}'")
         value = self.lookup(name)
         if ch == "}":
             if value is None and self.skip_unset:
@@ -231,7 +233,7 @@ class _Lexer:
         if ch == ":":
             ch = self.next()
             mods += ch
-        elif not ch or ch not in "+-?#%":
+        elif ch not in "+-?#%":
             if self.skip_unset:
                 return "${" + name + "}"
             raise DockerfileError(f"unsupported modifier ({mods}) in substitution")
