@@ -68,3 +68,8 @@ class CannotInvoke(PinnaceError):
 
 class CommandNotFound(PinnaceError):
     exit_code = 127
+
+
+class BuildFailed(PinnaceError):
+    """A build step failed (a RUN exited non-zero): exit 1, as `docker build` and `podman build`."""
+    exit_code = 1

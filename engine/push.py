@@ -1,54 +1,36 @@
 """`push`: a local image to a registry, as an OCI or Docker schema 2 manifest with gzip or zstd layers.
 
-A layer goes out as the blob the store already holds when that blob has the wanted compression (a pulled
-image pushed unchanged keeps every digest, its manifest's included). Otherwise the layer is compressed
-once into the blob store — from the stored blob decompressed (exact bytes, so the diff-id holds), or,
-when the image has no blob for it, from the unpacked layer directory (layer_export) — and the result
-is remembered in a small index (`blobs/compressed/COMPRESSION-DIFFHEX`, JSON) so the next push of
-any image with that layer sends the same blob without compressing again. Such blobs are attached to
-the image (image_blobs), so garbage collection keeps them as long as the image lives.
+Which blob each layer becomes is push_layers.py's job. Here: options and destination, where blobs can
+be mounted from, the manifest (the stored one, byte for byte, when nothing changed: a pulled image
+pushed unchanged keeps its digest), and the order of the upload: the config's HEAD first (a registry
+that wants credentials says so before anything is compressed), layers up to three at a time, the
+config, the manifest by tag. The repo digest is recorded on the image afterwards, as Docker does.
 """
 from __future__ import annotations
 
 import io
 import json
-import os
-import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from pathlib import Path
 
 from pinnace.engine.contract import ImagePushOptions, ImagePushReport, ProgressCallback, ProgressEvent, ProgressKind
+from pinnace.engine.push_layers import PreparedLayer, attach_blobs, cached_blob, prepare_layer
 from pinnace.engine.resolve import resolve_image
 from pinnace.engine.store import Store
-from pinnace.errors import AuthenticationError, InvalidArgument, RegistryError, StorageError
+from pinnace.errors import AuthenticationError, InvalidArgument, RegistryError
 from pinnace.registry.manifest import (DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP,
                                        OCI_LAYER_ZSTD, OCI_MANIFEST, layer_compression, sha256_digest)
-from pinnace.registry.push import EXISTS, MOUNTED, BlobPush, PushClient
+from pinnace.registry.push import EXISTS, MOUNTED, UPLOADED, BlobPush, PushClient
 from pinnace.registry.reference import Reference, parse_reference
 from pinnace.storage.images import ImageRecord, LayerRef
-from pinnace.storage.layout import digest_hex
 
 FORMATS = {"oci": OCI_MANIFEST, "v2s2": DOCKER_MANIFEST}
 COMPRESSIONS = ("gzip", "zstd")
 PARALLEL_BLOBS = 3  # as pull: enough to overlap round trips, few enough not to thrash a small registry
-CHUNK = 1 << 20
 # Other containers/image transports a Podman user may type: named so the error can say what is supported.
 _TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:", "dir:", "containers-storage:", "docker-daemon:")
 _LAYER_TYPES = {(OCI_MANIFEST, "gzip"): OCI_LAYER_GZIP, (OCI_MANIFEST, "zstd"): OCI_LAYER_ZSTD,
                 (DOCKER_MANIFEST, "gzip"): DOCKER_LAYER_GZIP}
-
-
-@dataclass(frozen=True)
-class PreparedLayer:
-    """A layer as it will be pushed."""
-
-    digest: str
-    size: int
-    compression: str
-    diff_id: str            # of the content actually pushed (differs only for a re-exported layer)
-    compressed_now: bool
 
 
 # -- options -------------------------------------------------------------------------------------------
@@ -121,113 +103,6 @@ def make_client(ref: Reference, tls_verify: bool | None, credentials: tuple[str,
     if config.is_blocked(ref.registry):
         raise RegistryError(f"{ref.registry} is blocked in {config.path or 'registries.conf'}")
     return PushClient(ref.registry, tls_verify=tls_verify, credentials=credentials, config=config)
-
-
-# -- the compressed-blob cache ---------------------------------------------------------------------------
-def _cache_path(store: Store, diff_id: str, compression: str) -> Path:
-    return store.layout.root / "blobs" / "compressed" / f"{compression}-{digest_hex(diff_id)}"
-
-
-def cached_blob(store: Store, diff_id: str, compression: str) -> PreparedLayer | None:
-    try:
-        entry = json.loads(_cache_path(store, diff_id, compression).read_text())
-        digest, size, content = entry["digest"], entry["size"], entry["diff_id"]
-        digest_hex(digest)
-    except (OSError, ValueError, KeyError, TypeError, InvalidArgument):
-        return None  # no entry, or a torn one: compress again
-    path = store.blobs.path(digest)
-    try:
-        if path.stat().st_size != size:
-            return None
-    except OSError:
-        return None  # the blob went with the last image that had it
-    return PreparedLayer(digest, size, compression, content, False)
-
-
-def _remember(store: Store, diff_id: str, layer: PreparedLayer) -> None:
-    path = _cache_path(store, diff_id, layer.compression)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-        tmp.write_text(json.dumps({"digest": layer.digest, "size": layer.size, "diff_id": layer.diff_id}))
-        os.replace(tmp, path)
-    except OSError as exc:  # only a cache: the push itself is fine
-        import logging
-        logging.getLogger(__name__).info("cannot record compressed blob of %s: %s", diff_id, exc)
-
-
-def attach_blobs(store: Store, image_id: str, digests: list[str], repo_digest: str | None = None) -> None:
-    """Blobs made for a push (and the repo digest it produced) become the image's: gc keeps them while
-    the image lives. Guarded on the image row, so a concurrent rmi is not undone."""
-    with store.db.transaction() as c:
-        c.executemany("INSERT OR IGNORE INTO image_blobs SELECT ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id=?)",
-                      [(image_id, d, image_id) for d in digests])
-        if repo_digest:
-            c.execute("INSERT OR IGNORE INTO image_digests SELECT ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id=?)",
-                      (repo_digest, image_id, image_id))
-
-
-class _CompressingSink:
-    """A write-only stream: hashes what it is given (the diff-id) and writes it compressed to `out`.
-    gzip as compress_stream makes it (level 6, mtime 0, no name); zstd level 3 on every core."""
-
-    def __init__(self, out, compression: str):  # noqa: ANN001 - BlobWriter
-        import hashlib
-        self._out, self._hash, self.size = out, hashlib.sha256(), 0
-        if compression == "gzip":
-            self._c = zlib.compressobj(6, zlib.DEFLATED, 31)
-        else:
-            import zstandard
-            self._c = zstandard.ZstdCompressor(level=3, threads=-1).compressobj()
-
-    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
-        self._hash.update(data)
-        self.size += len(data)
-        if out := self._c.compress(data):
-            self._out.write(out)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> str:
-        self._out.write(self._c.flush())
-        return "sha256:" + self._hash.hexdigest()
-
-
-def prepare_layer(store: Store, layer: LayerRef, compression: str) -> PreparedLayer:
-    """The blob to push for `layer` with `compression`: stored, cached, or compressed now."""
-    if layer_compression(layer.media_type) == compression and store.blobs.has(layer.blob_digest):
-        return PreparedLayer(layer.blob_digest, store.blobs.size(layer.blob_digest), compression, layer.diff_id, False)
-    cached = cached_blob(store, layer.diff_id, compression)
-    if cached is not None:
-        return cached
-    from pinnace.storage.compression import open_decompressed
-    writer = store.blobs.writer()
-    try:
-        sink = _CompressingSink(writer, compression)
-        from_blob = store.blobs.has(layer.blob_digest)
-        if from_blob:
-            with store.blobs.open(layer.blob_digest) as f:
-                src = open_decompressed(f, layer_compression(layer.media_type))
-                while chunk := src.read(CHUNK):
-                    sink.write(chunk)
-        else:
-            from pinnace.storage.layer_export import export_layer
-            export_layer(store.layout.layer_path(layer.diff_id), sink, store.overlay_xattr_prefix)
-        content = sink.close()
-        if content != layer.diff_id and from_blob:
-            raise StorageError(f"blob {layer.blob_digest} does not decompress to layer {layer.diff_id} "
-                               "(run `pinnace system check --repair`)")
-        digest = writer.commit()
-        size = writer.size
-    except OSError as exc:
-        raise StorageError(f"compressing layer {layer.diff_id}: {exc}") from None
-    finally:
-        writer.abort()
-    prepared = PreparedLayer(digest, size, compression, content, True)
-    _remember(store, layer.diff_id, prepared)
-    return prepared
 
 
 # -- manifests -------------------------------------------------------------------------------------------
@@ -343,6 +218,10 @@ def _push(store: Store, client, rec: ImageRecord, dest: Reference, manifest_type
 
     push_config = _config_for(config_raw, layers, rec)
     config_digest = sha256_digest(push_config)
+    if config_digest != rec.id:
+        progress(ProgressEvent(ProgressKind.WARNING, id=config_digest, message=(
+            "layers without a stored blob were exported from their directories and hash differently: the "
+            f"pushed image has config {config_digest}, not {rec.id}")))
     config_result = client.push_blob(dest.repository, config_digest, len(push_config),
                                      lambda: io.BytesIO(push_config), mount_from=sources.get(config_digest, ()),
                                      exists=config_exists if config_digest == rec.id else None)
@@ -358,6 +237,6 @@ def _push(store: Store, client, rec: ImageRecord, dest: Reference, manifest_type
     attach_blobs(store, rec.id, new_blobs, f"{dest.name}@{digest}")
     outcomes = [r.outcome for _, r in results] + [config_result.outcome]
     return ImagePushReport(reference=str(dest.with_tag(dest.tag or "latest")), digest=digest,
-                           media_type=manifest_type, blobs_uploaded=outcomes.count("uploaded"),
+                           media_type=manifest_type, blobs_uploaded=outcomes.count(UPLOADED),
                            blobs_mounted=outcomes.count(MOUNTED), blobs_skipped=outcomes.count(EXISTS),
                            layers_compressed=sum(p.compressed_now for p in layers))

@@ -214,3 +214,25 @@ def test_destinations():
         destination("abc123", None, None)
     with pytest.raises(InvalidArgument, match="only registries"):
         destination("x", "oci-archive:/tmp/x.tar", None)
+
+
+def test_parallel_gzip_is_one_deterministic_member():
+    import gzip
+    import zlib
+
+    from pinnace.engine.push_layers import ParallelGzip
+    data = os.urandom(1 << 20) + b"layer " * 400_000 + os.urandom(1000)   # several blocks, some compressible
+    outputs = []
+    for workers in (1, 3):
+        out = io.BytesIO()
+        g = ParallelGzip(out, workers=workers)
+        for i in range(0, len(data), 300_000):
+            g.write(data[i:i + 300_000])
+        g.close()
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1]                   # the thread count does not change the blob
+    blob = outputs[0]
+    assert gzip.decompress(blob) == data
+    d = zlib.decompressobj(31)                        # a single member: nothing after its trailer
+    assert d.decompress(blob) == data and d.eof and d.unused_data == b""
+    assert len(blob) < len(data) // 2
