@@ -58,6 +58,7 @@ def _register() -> None:
     volume_cmds.register(app)
     network_cmds.register(app)
     __import__("pinnace.cli.push_cmds", fromlist=["register"]).register(app, image_app)
+    __import__("pinnace.cli.build_cmds", fromlist=["register"]).register(app, image_app)
     _register_container_commands()
 
 

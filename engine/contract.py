@@ -203,3 +203,28 @@ class ImagePushReport:
     blobs_mounted: int
     blobs_skipped: int                   # already in the repository
     layers_compressed: int               # compressed for this push (not found in the store's blob cache)
+
+
+@dataclass(frozen=True)
+class ImageBuildOptions:
+    """What `build` says (Docker's and Podman's flags)."""
+
+    context: str = "."                        # a directory, a tar file, or "-" (stdin)
+    dockerfile: str | None = None             # -f (a path, or "-" for stdin)
+    tags: tuple[str, ...] = ()
+    build_args: tuple[str, ...] = ()          # KEY=VALUE, or KEY (taken from the environment)
+    target: str | None = None
+    no_cache: bool = False
+    pull: str = "missing"                     # missing | always | never
+    labels: tuple[str, ...] = ()
+    platform: str | None = None
+    network: str = ""
+    secrets: tuple[str, ...] = ()             # id=ID,src=PATH
+    stdin: object = None                      # a binary stream for "-"
+    environ: tuple[tuple[str, str], ...] = ()  # the caller's environment (for --build-arg KEY)
+
+
+@dataclass(frozen=True)
+class ImageBuildReport:
+    image_id: str
+    names: tuple[str, ...]

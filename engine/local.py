@@ -312,7 +312,12 @@ class LocalEngine:
         from pinnace.engine.push import push_image
         return push_image(self.store, opts, progress or no_progress)
 
+    def image_build(self, opts: "ImageBuildOptions", emit) -> "ImageBuildReport":  # noqa: ANN001
+        """Build an image from a Dockerfile; `emit(kind, payload)` receives the progress (engine/build.py)."""
+        from pinnace.engine.build import build_image
+        return build_image(self.store, opts, emit)
+
 
 if TYPE_CHECKING:
     from pinnace.engine.network_contract import NetworkCreateOptions
-    from pinnace.engine.contract import ImagePushOptions, ImagePushReport
+    from pinnace.engine.contract import ImageBuildOptions, ImageBuildReport, ImagePushOptions, ImagePushReport
