@@ -255,51 +255,30 @@ def copy(store: Store, src: str, dest: str, stdin: BinaryIO | None, stdout: Bina
 # -- commit ------------------------------------------------------------------------------------------------
 def commit(store: Store, name: str, image: str | None, *, author: str = "", message: str = "",
            changes: tuple[str, ...] = ()) -> str:
-    """The container's rw layer on top of its image's layers → a new image (uncompressed layer blob)."""
-    from pinnace.engine.archive import _canonical_json
+    """The container's rw layer on top of its image's layers → a new image (uncompressed layer blob).
+    Shares the layer and image recording with `build` (engine/layer_commit.py)."""
     from pinnace.engine.changes import apply_changes
-    from pinnace.engine.commit import record_image
     from pinnace.engine.images import image_config
-    from pinnace.engine.ingest import ingest_layer
+    from pinnace.engine.layer_commit import commit_layer, now_rfc3339, record_built_image
     from pinnace.engine.resolve import canonical_name
-    from pinnace.registry.manifest import parse_manifest
-    from pinnace.storage.layer_export import export_layer
     names = (canonical_name(image),) if image else ()
     apply_changes({}, changes)  # a bad --change fails before any work
     c = _mounted(store, name)
     base = store.images.get(c.rec.image_id)
     base_cfg = image_config(store, c.rec.image_id)
     with store.gc_lock(shared=True):
-        writer = store.blobs.writer()
-        try:
-            export_layer(c.dir / "diff", writer, store.overlay_xattr_prefix)
-            blob = writer.commit()
-        finally:
-            writer.abort()
-        ingest_layer(store, diff_id=blob, blob_digest=blob, compression=None, open_source=lambda: store.blobs.open(blob))
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        diff_id = commit_layer(store, c.dir / "diff", keep=True)
+        now = now_rfc3339()
         spec = c.spec()
         cfg = dict(base_cfg.get("config") or {})
         config = {**{k: v for k, v in base_cfg.items() if k not in ("config", "rootfs", "history", "created")},
                   "created": now, "config": apply_changes(cfg, changes),
-                  "rootfs": {"type": "layers", "diff_ids": [l.diff_id for l in base.layers] + [blob]},
+                  "rootfs": {"type": "layers", "diff_ids": [l.diff_id for l in base.layers] + [diff_id]},
                   "history": list(base_cfg.get("history") or []) + [
                       {"created": now, "created_by": " ".join(spec.get("process", {}).get("args", [])),
                        **({"author": author} if author else {}), **({"comment": message} if message else {})}]}
         if author:
             config["author"] = author
-        config_raw = _canonical_json(config)
-        from pinnace.registry.manifest import sha256_digest
-        layers = [{"mediaType": l.media_type, "digest": l.blob_digest, "size": store.blobs.size(l.blob_digest)}
-                  for l in base.layers]
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob,
-                       "size": store.blobs.size(blob)})
-        manifest_raw = _canonical_json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                                   "digest": sha256_digest(config_raw), "size": len(config_raw)},
-                                        "layers": layers})
-        manifest = parse_manifest(manifest_raw, "application/vnd.oci.image.manifest.v1+json")
-        record_image(store, manifest=manifest, manifest_raw=manifest_raw, config=config, config_raw=config_raw,
-                     names=names)
+        image_id = record_built_image(store, config, names)
     _release_if_stopped(c)
-    return manifest.config.digest
+    return image_id

@@ -25,9 +25,11 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def commit_layer(store: Store, upper: Path) -> str:
+def commit_layer(store: Store, upper: Path, *, keep: bool = False) -> str:
     """Store the (unmounted) upper directory as a layer; returns its diff-id. `upper` is consumed (moved
-    into the store, or deleted when the store already has an identical layer). Caller holds the gc lock."""
+    into the store, or deleted when the store already has an identical layer) unless `keep` (`commit` of a
+    container that goes on using it: the layer is unpacked from the tar instead). Caller holds the gc
+    lock."""
     from pinnace.storage.layer_export import export_layer
     from pinnace.storage.layers import remove_tree
     writer = store.blobs.writer()
@@ -37,6 +39,11 @@ def commit_layer(store: Store, upper: Path) -> str:
         diff_id = writer.commit()
     finally:
         writer.abort()
+    if keep:
+        from pinnace.engine.ingest import ingest_layer
+        ingest_layer(store, diff_id=diff_id, blob_digest=diff_id, compression=None,
+                     open_source=lambda: store.blobs.open(diff_id))
+        return diff_id
     with store.layers.lock(diff_id):
         if store.layers.get(diff_id) is not None:
             remove_tree(upper)
