@@ -212,7 +212,7 @@ def _source_key(b: Builder, ref: str) -> str:
 
 # -- COPY / ADD -----------------------------------------------------------------------------------------
 def _transfer(b: Builder, result: StageResult, config: dict, ins, scope: dict) -> StageResult:  # noqa: ANN001
-    from pinnace.builder.copier import CopyItem, copy_into, fetch_url, resolve_from_rootfs
+    from pinnace.builder.copier import CopyItem, context_items, copy_into, fetch_url, resolve_from_rootfs
     from pinnace.builder.expand import expand_heredoc
     from pinnace.builder.ignore import has_wildcards
     esc = b.df.escape
@@ -240,22 +240,22 @@ def _transfer(b: Builder, result: StageResult, config: dict, ins, scope: dict) -
                 tmp = Path(b.store.layout.tmp_dir) / f"add-{os.getpid()}-{os.urandom(4).hex()}"
                 tmp.mkdir(parents=True)
                 for url in urls:
-                    item = fetch_url(url, str(tmp), checksum=expand(ins.checksum, scope, esc) if getattr(ins, "checksum", None) else None) \
-                        if _fetch_takes_checksum() else fetch_url(url, str(tmp))
+                    item = fetch_url(url, str(tmp), checksum=expand(ins.checksum, scope, esc)
+                                     if getattr(ins, "checksum", None) else None)
                     items.append(item)
                     with open(item.host_path, "rb") as f:
                         digest.update(hashlib.sha256(f.read()).digest())
             if local:
                 srcs = b.ctx.resolve_sources(local, ins.kind)
-                digest.update(b.ctx.checksum(srcs, chown).encode())
-                items += [CopyItem(kind="path", host_path=s.host_path, name=s.name, is_dir=s.is_dir) for s in srcs]
-                walk = b.ctx.walk
+                digest.update(b.ctx.checksum(srcs).encode())  # --chown is part of the key itself
+                local_items, walk = context_items(b.ctx, srcs)
+                items += local_items
             for h in heredocs:
                 digest.update(h.name.encode() + b"\0" + h.data)
             checksum = digest.hexdigest()
             items_thunk = items
         key = step_key(result.key, ins.kind, sources, dest, chown, chmod, from_, workdir, checksum,
-                       getattr(ins, "unpack", None), ins.link)
+                       getattr(ins, "unpack", None), ins.link, list(ins.exclude))
         hit = _hit(b, key)
         if hit is not None:
             return hit
@@ -272,7 +272,8 @@ def _transfer(b: Builder, result: StageResult, config: dict, ins, scope: dict) -
             mount_step(b.store, step, result.layers)
             wildcard = any(has_wildcards(s) for s in sources)
             copy_into(str(step / "merged"), items, dest, workdir=workdir, instruction=ins.kind, chown=chown,
-                      chmod=chmod, unpack=getattr(ins, "unpack", None), wildcard=wildcard, walk=walk)
+                      chmod=chmod, unpack=getattr(ins, "unpack", None), wildcard=wildcard, walk=walk,
+                      exclude=tuple(expand(e, scope, esc) for e in ins.exclude))
             shown = " ".join([*(s for s in sources), *(h.name for h in heredocs), dest])
             flags = (f"--from={from_} " if from_ else "") + (f"--chown={chown} " if chown else "") + \
                 (f"--chmod={chmod} " if chmod else "")
@@ -285,8 +286,3 @@ def _transfer(b: Builder, result: StageResult, config: dict, ins, scope: dict) -
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-
-def _fetch_takes_checksum() -> bool:
-    import inspect
-    from pinnace.builder.copier import fetch_url
-    return "checksum" in inspect.signature(fetch_url).parameters
