@@ -24,6 +24,7 @@ class OverlayDriver:
         thrown away at exit (`--rm`), as Podman does; a crash can lose or corrupt that layer only."""
         if mounts.is_mountpoint(target):
             return
+        layers = topmost_only(layers)
         try:
             if layers:
                 mounts.mount_overlay(layers, target, upper=upper, work=work, rootless=self.rootless,
@@ -36,6 +37,19 @@ class OverlayDriver:
 
     def unmount(self, target: Path) -> bool:
         return mounts.unmount(target)
+
+
+def topmost_only(layers: list[Path]) -> list[Path]:
+    """The same layer twice in one image (two RUN steps that changed nothing share the empty layer):
+    overlayfs refuses a lower directory given twice (ELOOP). Keeping only its topmost occurrence shows
+    the same tree: that copy covers everything the lower one could have contributed or hidden."""
+    seen: set[Path] = set()
+    kept: list[Path] = []
+    for layer in reversed(layers):
+        if layer not in seen:
+            seen.add(layer)
+            kept.append(layer)
+    return kept[::-1]
 
 
 def driver_for(name: str, *, rootless: bool) -> OverlayDriver:
