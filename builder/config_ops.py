@@ -20,7 +20,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def scratch_config() -> dict:
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     return {"architecture": arch, "os": "linux",
-            "config": {"Env": [f"PATH={DEFAULT_PATH}"]},
+            "config": {"Env": [f"PATH={DEFAULT_PATH}"], "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
 
 
@@ -65,8 +65,9 @@ def apply_metadata(config: dict, ins: df.Instruction, scope: dict[str, str], esc
     kind = ins.kind
     if kind == "ENV":
         parts = []
+        before = dict(scope)   # Docker: every pair sees the environment from before the instruction
         for key, value in ins.pairs:
-            k, v = expand(key, scope, escape), expand(value, scope, escape)
+            k, v = expand(key, before, escape), expand(value, before, escape)
             set_env(config, k, v)
             scope[k] = v
             parts.append(f"{k}={v}")
@@ -103,10 +104,12 @@ def apply_metadata(config: dict, ins: df.Instruction, scope: dict[str, str], esc
                 proto = (proto or "tcp").lower()
                 if proto not in ("tcp", "udp", "sctp") or not _port_range_ok(number):
                     raise DockerfileError(f"invalid containerPort: {port}")
-                ports[f"{number}/{proto}"] = {}
-                shown.append(f"{number}/{proto}")
+                lo, _, hi = number.partition("-")
+                for n in range(int(lo), int(hi or lo) + 1):   # Docker: a range is one key per port
+                    ports[f"{n}/{proto}"] = {}
+                    shown.append(f"{n}/{proto}")
         c["ExposedPorts"] = ports
-        return "EXPOSE map[" + " ".join(f"{p}:{{}}" for p in shown) + "]"
+        return "EXPOSE map[" + " ".join(f"{p}:{{}}" for p in sorted(set(shown))) + "]"
     if kind == "VOLUME":
         vols = c.setdefault("Volumes", {}) or {}
         paths = [expand(p, scope, escape) for p in ins.paths]
@@ -115,7 +118,7 @@ def apply_metadata(config: dict, ins: df.Instruction, scope: dict[str, str], esc
                 raise DockerfileError("VOLUME specified can not be an empty string")
             vols[p] = {}
         c["Volumes"] = vols
-        return "VOLUME " + _shown(paths)
+        return "VOLUME [" + " ".join(paths) + "]"     # Go's %v of a []string
     if kind == "USER":
         c["User"] = expand(ins.user, scope, escape)
         return "USER " + c["User"]
@@ -129,15 +132,50 @@ def apply_metadata(config: dict, ins: df.Instruction, scope: dict[str, str], esc
             if value:
                 hc[key] = value
         c["Healthcheck"] = hc
-        return "HEALTHCHECK " + ("NONE" if ins.test == ("NONE",) else f"&{{{_shown(list(ins.test))}}}")
+        if ins.test == ("NONE",):
+            return "HEALTHCHECK NONE"
+        from pinnace.builder.expand import go_quote
+        test = "[" + " ".join(go_quote(t) for t in ins.test) + "]"
+        durations = " ".join(go_quote(_go_duration(v)) for v in (ins.interval, ins.timeout, ins.start_period,
+                                                                 ins.start_interval))
+        return f"HEALTHCHECK &{{{test} {durations} {_go_rune(ins.retries)}}}"   # BuildKit's %q of the struct
     if kind == "SHELL":
         c["Shell"] = list(ins.args)
-        return "SHELL " + _shown(list(ins.args))
+        return "SHELL [" + " ".join(ins.args) + "]"
     if kind == "ONBUILD":
         c.setdefault("OnBuild", [])
         c["OnBuild"] = (c["OnBuild"] or []) + [ins.expression]
         return "ONBUILD " + ins.expression
     raise DockerfileError(f"{kind} is not a metadata instruction")
+
+
+def _go_duration(ns: int) -> str:
+    """Go's time.Duration.String() for the values a HEALTHCHECK takes."""
+    if ns == 0:
+        return "0s"
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                value = ns / size
+                return (f"{value:.9f}".rstrip("0").rstrip(".")) + unit
+    seconds = ns / 1_000_000_000
+    h, rem = divmod(int(seconds), 3600)
+    m, _ = divmod(rem, 60)
+    s = seconds - h * 3600 - m * 60
+    text = f"{s:.9f}".rstrip("0").rstrip(".") + "s"
+    if h:
+        return f"{h}h{m}m{text}"
+    return f"{m}m{text}" if m else text
+
+
+def _go_rune(n: int) -> str:
+    """Go's %q of an integer: a quoted character literal."""
+    if 32 <= n < 127:
+        ch = chr(n)
+        return "'\\''" if ch == "'" else ("'\\\\'" if ch == "\\" else f"'{ch}'")
+    if n < 256:
+        return f"'\\x{n:02x}'"
+    return f"'\\u{n:04x}'"
 
 
 def _shown(args: list[str]) -> str:

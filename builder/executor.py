@@ -167,7 +167,8 @@ class Builder:
         from pinnace.engine.contract import ImagePullOptions
         from pinnace.engine.pull import pull_image
         self.emit("info", f"Pulling {ref}")
-        report = pull_image(self.store, ImagePullOptions(ref, platform=self.s.platform or None), None)
+        from pinnace.engine.contract import no_progress
+        report = pull_image(self.store, ImagePullOptions(ref, platform=self.s.platform or None), no_progress)
         return report.image_id, image_config(self.store, report.image_id)
 
     def _scope(self, config: dict, state: dict) -> dict[str, str]:
@@ -178,6 +179,7 @@ class Builder:
     def _instruction(self, result: StageResult, ins: df.Instruction, state: dict) -> StageResult:
         config = co.from_image(result.config)
         if ins.kind == "ARG":
+            shown = []
             for name, default in ins.args:
                 if name in self.s.build_args:
                     value = self.s.build_args[name]
@@ -190,9 +192,18 @@ class Builder:
                     value = None
                 if value is not None:
                     state["args"][name] = value
+                    shown.append(f"{name}={value}")
                 else:
                     state["args"].pop(name, None)
-            return result   # ARG leaves no history (BuildKit); its value keys the later steps
+                    shown.append(name)
+            key = step_key(result.key, "ARG", shown)
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.emit("cache", f"--> Using cache {key[:12]}")
+                return StageResult(cached, key)
+            self.add_history(config, "ARG " + " ".join(shown), empty=True)   # as BuildKit records it
+            self.cache.put(key, config)
+            return StageResult(config, key)
         if ins.kind in ("RUN", "COPY", "ADD", "WORKDIR"):
             from pinnace.builder.layer_steps import layer_step
             return layer_step(self, result, config, ins, state)
@@ -203,7 +214,8 @@ class Builder:
             self.emit("cache", f"--> Using cache {key[:12]}")
             return StageResult(cached, key)
         created_by = co.apply_metadata(config, ins, scope, self.df.escape, state)
-        self.add_history(config, created_by, empty=True)
+        if ins.kind != "ONBUILD":  # BuildKit records the trigger in the config only
+            self.add_history(config, created_by, empty=True)
         self.cache.put(key, config)
         return StageResult(config, key)
 

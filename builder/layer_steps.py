@@ -118,9 +118,9 @@ def _run(b: Builder, result: StageResult, config: dict, ins: df.Run, scope: dict
     try:
         workdir = workdir_of(config)
         oci_mounts, env = _run_mounts(b, mounts, workdir, step, extra, scope)
-        script = ins.inline_script() if hasattr(ins, "inline_script") else None
-        if script:
-            name, body = script
+        script = ins.inline_script()
+        if script is not None:
+            name, body = script.name, script.data
             path = step / f"script-{name}"
             path.write_text(body)
             os.chmod(path, 0o755)
@@ -176,11 +176,28 @@ def _run_mounts(b: Builder, mounts: list, workdir: str, step: Path, extra: list[
             else:
                 srcs = b.ctx.resolve_sources([m.source or "."], "RUN --mount")
                 source = srcs[0].host_path
+            if not m.readonly:
+                source = _scratch_copy(b, source, extra)   # rw: writes are seen by RUN, then thrown away
             oci.append({"destination": target, "type": "bind", "source": source,
                         "options": ["rbind", "ro" if m.readonly else "rw"]})
         else:
             raise InvalidArgument(f"RUN --mount=type={m.type} is not supported")
     return oci, env
+
+
+def _scratch_copy(b: Builder, source: str, extra: list[Path]) -> str:
+    """A writable view of `source` whose changes are discarded (Docker's rw bind mounts in a build):
+    an overlay with `source` as its only lower layer for a directory, a copy for a file."""
+    view = new_step_dir(b.store)
+    extra.append(view)
+    if os.path.isdir(source):
+        from pinnace.runtime import mounts
+        mounts.mount_overlay([Path(source)], view / "merged", upper=view / "diff", work=view / "work",
+                             rootless=b.store.config.rootless, volatile=True)
+        return str(view / "merged")
+    copy = view / "diff" / os.path.basename(source)
+    shutil.copy2(source, copy)
+    return str(copy)
 
 
 def _stage_rootfs(b: Builder, ref: str, extra: list[Path]) -> str:
@@ -192,7 +209,13 @@ def _stage_rootfs(b: Builder, ref: str, extra: list[Path]) -> str:
     return str(view / "merged")
 
 
+def _check_stage_index(b: Builder, ref: str) -> None:
+    if ref.isdecimal() and b.df.stage(ref) is None:
+        raise DockerfileError(f"invalid stage index {ref}")
+
+
 def _layers_of(b: Builder, ref: str) -> list[str]:
+    _check_stage_index(b, ref)
     stage = b.df.stage(ref)
     if stage is not None:
         if stage.index not in b.results:
@@ -203,6 +226,7 @@ def _layers_of(b: Builder, ref: str) -> list[str]:
 
 
 def _source_key(b: Builder, ref: str) -> str:
+    _check_stage_index(b, ref)
     stage = b.df.stage(ref)
     if stage is not None and stage.index in b.results:
         return b.results[stage.index].key
@@ -274,9 +298,9 @@ def _transfer(b: Builder, result: StageResult, config: dict, ins, scope: dict) -
             copy_into(str(step / "merged"), items, dest, workdir=workdir, instruction=ins.kind, chown=chown,
                       chmod=chmod, unpack=getattr(ins, "unpack", None), wildcard=wildcard, walk=walk,
                       exclude=tuple(expand(e, scope, esc) for e in ins.exclude))
-            shown = " ".join([*(s for s in sources), *(h.name for h in heredocs), dest])
-            flags = (f"--from={from_} " if from_ else "") + (f"--chown={chown} " if chown else "") + \
-                (f"--chmod={chmod} " if chmod else "")
+            # BuildKit's created_by: --chown/--chmod kept, --from and --link not, heredocs as <<NAME
+            shown = " ".join([*sources, *(f"<<{h.name}" for h in ins.heredocs), dest])
+            flags = (f"--chown={chown} " if chown else "") + (f"--chmod={chmod} " if chmod else "")
             return _commit(b, step, config, key, f"{ins.kind} {flags}{shown} # buildkit")
         finally:
             remove_step_dir(step)
