@@ -9,6 +9,9 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["__supervise"]:  # hidden helper role: nothing else may load first (small RSS)
         from pinnace.runtime.supervisor import main as supervise
         return supervise(args[1:])
+    if args[:1] == ["__fuse-overlay"]:  # hidden helper role: the fuse storage driver's daemon
+        from pinnace.storage.fuse_overlay import main as fuse_main
+        return fuse_main(args[1:])
     if args in (["--version"], ["-v"]):
         from pinnace import __version__
         sys.stdout.write(f"pinnace version {__version__}\n")

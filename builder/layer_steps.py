@@ -38,9 +38,11 @@ def _hit(b: Builder, key: str) -> StageResult | None:
 
 def _commit(b: Builder, step: Path, config: dict, key: str, created_by: str) -> StageResult:
     from pinnace.engine.layer_commit import commit_layer
-    from pinnace.runtime import mounts
-    mounts.unmount(step / "merged")
-    diff_id = commit_layer(b.store, step / "diff")
+    from pinnace.runtime.rootfs import driver_for
+    driver = driver_for(b.store.driver_name(), rootless=b.store.config.rootless)
+    driver.unmount(step / "merged")
+    lowers = [b.store.layout.layer_path(d) for d in config["rootfs"]["diff_ids"]]
+    diff_id = commit_layer(b.store, driver.upper_dir(lowers, step))
     config["rootfs"]["diff_ids"] = list(config["rootfs"]["diff_ids"]) + [diff_id]
     b.add_history(config, created_by, empty=False)
     b.cache.put(key, config)

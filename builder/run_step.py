@@ -65,7 +65,8 @@ def run_command(store: Store, step: Path, *, config: dict, argv: list[str], env:
     (step / "config.json").write_text(json.dumps(spec))
     ctrstate.write_state(str(step), {"status": ctrstate.CREATED})
     code = _supervise(store, step, output)
-    _remove_stubs(step / "diff", created)
+    from pinnace.runtime.rootfs import driver_for
+    _remove_stubs(driver_for(store.driver_name(), rootless=store.config.rootless).stub_root(step), created)
     return code
 
 

@@ -27,7 +27,7 @@ def _version(value: bool) -> None:
 def root(ctx: typer.Context,
          root_dir: str = typer.Option(None, "--root", help="Storage root (images, layers, state.db)."),
          runroot: str = typer.Option(None, "--runroot", help="Runtime state (namespace holder, mounts)."),
-         storage_driver: str = typer.Option(None, "--storage-driver", help="Storage driver (overlay)."),
+         storage_driver: str = typer.Option(None, "--storage-driver", help="Storage driver: overlay, fuse or vfs (default: chosen once per store)."),
          log_level: str = typer.Option("warn", "--log-level", help="debug, info, warn, error."),
          version: bool = typer.Option(False, "--version", "-v", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:

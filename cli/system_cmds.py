@@ -35,7 +35,8 @@ def info(ctx: typer.Context, fmt: str = typer.Option(None, "--format", "-f", hel
               f"    dns: {net['dns']}", f"    icmp: {net['icmp']}", f"    ipv6: {net['ipv6']}",
               f"    userNetworks: {', '.join(net['userNetworks']) or 'none'}"]
     lines += ["store:", f"  graphRoot: {store['graphRoot']}", f"  runRoot: {store['runRoot']}",
-              f"  graphDriverName: {store['graphDriverName']}", f"  imageCount: {store['imageCount']}",
+              f"  graphDriverName: {store['graphDriverName']} ({store['graphDriverReason']})",
+              f"  imageCount: {store['imageCount']}",
               f"  configDir: {store['configDir']}"]
     typer.echo("\n".join(lines))
 

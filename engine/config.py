@@ -8,7 +8,7 @@ from pathlib import Path
 from pinnace.engine.paths import store_paths
 from pinnace.errors import InvalidArgument
 
-STORAGE_DRIVERS = ("overlay",)   # fuse and vfs arrive with the storage-drivers issue
+STORAGE_DRIVERS = ("overlay", "fuse", "vfs")
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,10 @@ class EngineConfig:
 def resolve_config(root: str | None = None, runroot: str | None = None,
                    storage_driver: str | None = None) -> EngineConfig:
     root, runroot = store_paths(root, runroot)
-    driver = storage_driver or os.environ.get("PINNACE_STORAGE_DRIVER") or "overlay"
-    if driver not in STORAGE_DRIVERS:
+    # "" = not asked for: the store's recorded choice, or a probe when a root filesystem is first needed
+    # (engine/storage_choice.py; Store.driver_name)
+    driver = storage_driver or os.environ.get("PINNACE_STORAGE_DRIVER") or ""
+    if driver and driver not in STORAGE_DRIVERS:
         raise InvalidArgument(f"unknown storage driver {driver!r} (available: {', '.join(STORAGE_DRIVERS)})")
     return EngineConfig(Path(root), Path(runroot), driver, os.geteuid() != 0)
 

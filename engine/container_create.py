@@ -149,7 +149,7 @@ def create_container(store: Store, opts: ContainerCreateOptions, progress: "Prog
 def mount_rootfs(store: Store, cdir: Path, layers: list[str], *, volatile: bool = False) -> None:
     """Mount the container's root filesystem (image layers + its own upper dir) at cdir/merged."""
     from pinnace.runtime.rootfs import driver_for
-    driver = driver_for(store.config.storage_driver, rootless=store.config.rootless)
+    driver = driver_for(store.driver_name(), rootless=store.config.rootless)
     driver.mount([store.layout.layers_dir / n for n in layers], cdir / "diff", cdir / "work", cdir / "merged",
                  volatile=volatile)
 

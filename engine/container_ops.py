@@ -192,8 +192,10 @@ def diff(store: Store, name: str) -> list[tuple[str, str]]:
     c = _mounted(store, name)
     rec = store.images.get(c.rec.image_id)
     lowers = [store.layout.layer_path(l.diff_id) for l in reversed(rec.layers)]  # topmost first
+    from pinnace.runtime.rootfs import driver_for
+    upper = driver_for(store.driver_name(), rootless=store.config.rootless).upper_dir(lowers[::-1], c.dir)
     try:
-        changes = diff_upper(c.dir / "diff", lower_exists_in(lowers, store.overlay_xattr_prefix),
+        changes = diff_upper(upper, lower_exists_in(lowers, store.overlay_xattr_prefix),
                              store.overlay_xattr_prefix)
     finally:
         _release_if_stopped(c)
@@ -267,7 +269,10 @@ def commit(store: Store, name: str, image: str | None, *, author: str = "", mess
     base = store.images.get(c.rec.image_id)
     base_cfg = image_config(store, c.rec.image_id)
     with store.gc_lock(shared=True):
-        diff_id = commit_layer(store, c.dir / "diff", keep=True)
+        from pinnace.runtime.rootfs import driver_for
+        driver = driver_for(store.driver_name(), rootless=store.config.rootless)
+        upper = driver.upper_dir([store.layout.layer_path(l.diff_id) for l in base.layers], c.dir)
+        diff_id = commit_layer(store, upper, keep=True)
         now = now_rfc3339()
         spec = c.spec()
         cfg = dict(base_cfg.get("config") or {})

@@ -61,7 +61,7 @@ def inspect(store: Store, text: str) -> dict:
         "ImageName": rec.get("Image", ""),
         "Name": c.name,
         "RestartCount": int(state.get("restart_count") or 0),
-        "Driver": store.config.storage_driver,
+        "Driver": store.driver_shown(),
         "Platform": "linux",
         "OCIConfigPath": str(c.dir / "config.json"),
         "OCIRuntime": opts.get("runtime") or "pinnace",
@@ -70,7 +70,7 @@ def inspect(store: Store, text: str) -> dict:
         "HostsPath": str(c.dir / "hosts"),
         "ResolvConfPath": str(c.dir / "resolv.conf"),
         "Mounts": mounts,
-        "GraphDriver": {"Name": store.config.storage_driver,
+        "GraphDriver": {"Name": store.driver_shown(),
                         "Data": {"UpperDir": str(c.dir / "diff"), "WorkDir": str(c.dir / "work"),
                                  "MergedDir": str(c.dir / "merged")}},
         "Config": {

@@ -57,7 +57,7 @@ def inspect_image(store: Store, text: str) -> dict:
         "User": config.get("User", ""),
         "History": cfg.get("history", []),
         "RootFS": {"Type": "layers", "Layers": [l.diff_id for l in rec.layers]},
-        "GraphDriver": {"Name": store.config.storage_driver,
+        "GraphDriver": {"Name": store.driver_shown(),
                         "Data": {"LowerDir": ":".join(str(store.layout.layer_path(l.diff_id))
                                                       for l in reversed(rec.layers)),
                                  # files whose owner could not be kept (no subuid range): pinnace's own field

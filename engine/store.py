@@ -50,6 +50,25 @@ class Store:
         # Rootless overlay mounts use `userxattr`, which reads user.overlay.*; real root uses trusted.*.
         return "user.overlay." if self.config.rootless else "trusted.overlay."
 
+    # -- the storage driver ----------------------------------------------------------------------------
+    def driver_name(self) -> str:
+        """The storage driver of this store: asked for, recorded, or probed now (and recorded)."""
+        cached = self.__dict__.get("_driver")
+        if cached is None:
+            from pinnace.engine.config import config_dir
+            from pinnace.engine.storage_choice import choose
+            self.join_userns()  # a probe mounts for real, where the containers' mounts will be
+            cached, self.driver_reason = choose(self.layout.root, self.config.storage_driver or None,
+                                                self.config.rootless, config_dir())
+            self.__dict__["_driver"] = cached
+        return cached
+
+    def driver_shown(self) -> str:
+        """For inspect/info without probing: asked for, else recorded, else what a probe would most likely say."""
+        from pinnace.engine.storage_choice import recorded
+        rec = recorded(self.layout.root)
+        return self.config.storage_driver or (rec["driver"] if rec else "overlay")
+
     # -- parts -------------------------------------------------------------------------------------
     def open_for_write(self) -> "Store":
         self.join_userns()

@@ -40,6 +40,14 @@ def device_access(path: str) -> str:
             f"`sudo chmod 666 {path}` (most distributions ship it 0666)")
 
 
+def _driver_reason(store: Store) -> str:
+    from pinnace.engine.storage_choice import recorded
+    rec = recorded(store.layout.root)
+    if store.config.storage_driver:
+        return "requested (--storage-driver, PINNACE_STORAGE_DRIVER)"
+    return rec.get("reason", "") if rec else "not chosen yet: probed when the first container is created"
+
+
 def _network_info(store: Store) -> dict:
     from pinnace.net import sharedns
     try:
@@ -92,7 +100,8 @@ def system_info(store: Store) -> dict:
         },
         "store": {"graphRoot": str(store.layout.root), "runRoot": str(store.layout.runroot),
                   "configDir": str(config_dir()),
-                  "graphDriverName": store.config.storage_driver, "imageCount": images,
+                  "graphDriverName": store.driver_shown(), "graphDriverReason": _driver_reason(store),
+                  "imageCount": images,
                   "overlayXattrs": store.overlay_xattr_prefix.rstrip(".")},
     }
 

@@ -123,3 +123,23 @@ def unmount_all(mounts_dir: Path) -> int:
         except OSError:
             pass
     return len(targets)
+
+
+def overlay_usable(rootless: bool, scratch: Path | None = None) -> tuple[bool, str]:
+    """Can this process mount the kernel's overlayfs (with an upper dir)? Tried for real in a scratch
+    directory (the caller is inside the user namespace when rootless); (ok, why not)."""
+    import shutil
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="pinnace-ovl-", dir=str(scratch) if scratch else None))
+    try:
+        for sub in ("lower", "upper", "work", "merged"):
+            (base / sub).mkdir()
+        try:
+            mount_overlay([base / "lower"], base / "merged", upper=base / "upper", work=base / "work",
+                          rootless=rootless)
+        except OSError as exc:
+            return False, exc.strerror or str(exc)
+        unmount(base / "merged")
+        return True, ""
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -68,7 +68,7 @@ class StoreLayout:
 
     # What pinnace itself puts in root and runroot: `system reset` removes these and nothing else, since
     # --root/--runroot may name a directory that holds other things too.
-    ROOT_ENTRIES = ("state.db", "state.db-wal", "state.db-shm", "blobs", "layers", "containers", "volumes", "networks", "build-cache", "locks", "tmp",
+    ROOT_ENTRIES = ("state.db", "state.db-wal", "state.db-shm", "blobs", "layers", "containers", "volumes", "networks", "build-cache", "storage-driver.json", "locks", "tmp",
                     ".single-mapping-warned")
     RUNROOT_ENTRIES = ("mounts",)
 
