@@ -238,7 +238,8 @@ def _source_key(b: Builder, ref: str) -> str:
 
 # -- COPY / ADD -----------------------------------------------------------------------------------------
 def _transfer(b: Builder, result: StageResult, config: dict, ins, scope: dict) -> StageResult:  # noqa: ANN001
-    from pinnace.builder.copier import CopyItem, context_items, copy_into, fetch_url, resolve_from_rootfs
+    # The copier (and its tar, compression and HTTP imports, ~30 ms) is loaded only when the step runs:
+    # a cached step needs the context's checksums alone.
     from pinnace.builder.expand import expand_heredoc
     from pinnace.builder.ignore import has_wildcards
     esc = b.df.escape
@@ -248,51 +249,51 @@ def _transfer(b: Builder, result: StageResult, config: dict, ins, scope: dict) -
     chmod = expand(ins.chmod, scope, esc) if ins.chmod else None
     from_ = expand(ins.from_, scope, esc) if getattr(ins, "from_", None) else None
     workdir = workdir_of(config)
-    heredocs = [CopyItem(kind="heredoc", host_path=None, name=h.name, is_dir=False,
-                         data=(expand_heredoc(h.data, scope) if h.expand else h.data).encode())
-                for h in ins.heredocs]
+    heredoc_data = [(h.name, (expand_heredoc(h.data, scope) if h.expand else h.data).encode()) for h in ins.heredocs]
     tmp = None
-    walk = None
+    url_items: list = []
+    srcs: list = []
     try:
+        digest = hashlib.sha256()
         if from_:
-            checksum = _source_key(b, from_)
-            items_thunk = "from"
+            digest.update(_source_key(b, from_).encode())
         else:
             urls = [s for s in sources if s.startswith(("http://", "https://"))] if ins.kind == "ADD" else []
             local = [s for s in sources if s not in urls]
-            items: list = []
-            digest = hashlib.sha256()
             if urls:
+                from pinnace.builder.copier import fetch_url
                 tmp = Path(b.store.layout.tmp_dir) / f"add-{os.getpid()}-{os.urandom(4).hex()}"
                 tmp.mkdir(parents=True)
                 for url in urls:
                     item = fetch_url(url, str(tmp), checksum=expand(ins.checksum, scope, esc)
                                      if getattr(ins, "checksum", None) else None)
-                    items.append(item)
+                    url_items.append(item)
                     with open(item.host_path, "rb") as f:
                         digest.update(hashlib.sha256(f.read()).digest())
             if local:
                 srcs = b.ctx.resolve_sources(local, ins.kind)
                 digest.update(b.ctx.checksum(srcs).encode())  # --chown is part of the key itself
-                local_items, walk = context_items(b.ctx, srcs)
-                items += local_items
-            for h in heredocs:
-                digest.update(h.name.encode() + b"\0" + h.data)
-            checksum = digest.hexdigest()
-            items_thunk = items
-        key = step_key(result.key, ins.kind, sources, dest, chown, chmod, from_, workdir, checksum,
+        for name, data in heredoc_data:
+            digest.update(name.encode() + b"\0" + data)
+        key = step_key(result.key, ins.kind, sources, dest, chown, chmod, from_, workdir, digest.hexdigest(),
                        getattr(ins, "unpack", None), ins.link, list(ins.exclude))
         hit = _hit(b, key)
         if hit is not None:
             return hit
+        from pinnace.builder.copier import CopyItem, context_items, copy_into, resolve_from_rootfs
         step = new_step_dir(b.store)
         extra: list[Path] = []
         try:
-            if items_thunk == "from":
-                root = _stage_rootfs(b, from_, extra)
-                items = resolve_from_rootfs(root, sources) + heredocs
+            walk = None
+            if from_:
+                items = resolve_from_rootfs(_stage_rootfs(b, from_, extra), sources)
             else:
-                items = items_thunk + heredocs
+                items = list(url_items)
+                if srcs:
+                    local_items, walk = context_items(b.ctx, srcs)
+                    items += local_items
+            items += [CopyItem(kind="heredoc", host_path=None, name=name, is_dir=False, data=data)
+                      for name, data in heredoc_data]
             if not items:
                 raise InvalidArgument(f"{ins.kind} failed: no source files were specified")
             mount_step(b.store, step, result.layers)
@@ -311,4 +312,3 @@ def _transfer(b: Builder, result: StageResult, config: dict, ins, scope: dict) -
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +70,7 @@ def run_command(store: Store, step: Path, *, config: dict, argv: list[str], env:
 
 
 def _supervise(store: Store, step: Path, output: Output) -> int:
+    import socket
     from pinnace.runtime import attach_proto as proto
     from pinnace.runtime.supervisor import start_supervisor
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -72,5 +72,5 @@ def _pull_policy(value: str | None) -> str:
 
 
 def register(app: typer.Typer, image_app: typer.Typer) -> None:
-    app.command("build")(build)
+    # top-level `build` is on the fast path (cli/build_push_cmds.py, listed with the container commands)
     image_app.command("build")(build)

@@ -385,6 +385,15 @@ CONTAINER_ONLY: dict[str, tuple[Command, object]] = {
 TOP_LEVEL = tuple(COMMANDS)
 
 
+def _add_build_push() -> None:
+    from pinnace.cli.build_push_cmds import BUILD, PUSH, cmd_build, cmd_push
+    _add(BUILD, cmd_build)
+    _add(PUSH, cmd_push)
+
+
+_add_build_push()
+
+
 def lookup(args: list[str]) -> tuple[Command, object, list[str]] | None:
     """The container command `args` names (without global flags), with its own arguments."""
     if not args:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pinnace.errors import InvalidArgument
 
-BOOL, VALUE, LIST = "bool", "value", "list"
+BOOL, VALUE, LIST, OPTIONAL = "bool", "value", "list", "optional"   # OPTIONAL: `--flag` or `--flag=VALUE`
 
 
 class Flag:
@@ -49,7 +49,8 @@ def _truthy(value: str, flag: str) -> bool:
 
 def parse(cmd: Command, argv: list[str]) -> tuple[dict, list[str]]:
     by_name = {n: f for f in cmd.flags for n in f.names}
-    opts: dict = {f.dest: ([] if f.kind == LIST else (bool(f.default) if f.kind == BOOL else f.default))
+    opts: dict = {f.dest: ([] if f.kind == LIST else (bool(f.default) if f.kind == BOOL else
+                                                      (None if f.kind == OPTIONAL else f.default)))
                   for f in cmd.flags}
     positional: list[str] = []
     i = 0
@@ -58,6 +59,14 @@ def parse(cmd: Command, argv: list[str]) -> tuple[dict, list[str]]:
         nonlocal i
         if flag.kind == BOOL:
             opts[flag.dest] = True if value is None else _truthy(value, name)
+            return
+        if flag.kind == OPTIONAL:
+            # `--pull` alone means "true"; a following word the flag knows (its default: a tuple of
+            # words) is taken as its value, so both `--pull=never` and `--pull never` work
+            if value is None and i + 1 < len(argv) and argv[i + 1] in (flag.default or ()):
+                i += 1
+                value = argv[i]
+            opts[flag.dest] = "true" if value is None else value
             return
         if value is None:
             if i + 1 >= len(argv):

@@ -10,26 +10,7 @@ import typer
 from pinnace.cli.state import confirmed, engine
 
 
-def _tls(value: Optional[str]) -> Optional[bool]:
-    if value is None:
-        return None
-    v = value.lower()
-    if v in ("true", "1", "yes"):
-        return True
-    if v in ("false", "0", "no"):
-        return False
-    from pinnace.errors import InvalidArgument
-    raise InvalidArgument(f"invalid --tls-verify value {value!r} (true or false)")
-
-
-def _creds(value: Optional[str]) -> Optional[tuple[str, str]]:
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep:
-        import getpass
-        password = getpass.getpass(f"Password for {user}: ")
-    return user, password
+from pinnace.cli.registry_flags import creds as _creds, tls as _tls  # noqa: E402 - shared with the fast path
 
 
 def pull(ctx: typer.Context, reference: str = typer.Argument(..., metavar="IMAGE"),
