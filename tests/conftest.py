@@ -21,59 +21,7 @@ sys.path.insert(0, str(TESTS_DIR / "support"))
 from testenv import AUTH_PASSWORD, AUTH_REGISTRY, AUTH_USER, FIXTURES_DIR, PINNACE_BIN, REGISTRY  # noqa: E402,F401
 
 
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    def json(self):
-        return json.loads(self.out)
-
-
-class Pinnace:
-    """Runs the real `pinnace` executable against one isolated store (--root/--runroot)."""
-
-    def __init__(self, root: Path, runroot: Path, home: Path):
-        self.root, self.runroot, self.home = root, runroot, home
-        for p in (root, runroot, home):
-            p.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ)
-        # auth.json and registries.conf of this store's "user" stay inside the test's home
-        self.env.update({
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "REGISTRY_AUTH_FILE": str(home / "auth.json"),
-        })
-        self.env.pop("DOCKER_CONFIG", None)
-
-    def run(self, *args: str, input: bytes | str | None = None, check: bool = True,
-            timeout: float = 300, env: dict | None = None) -> Result:
-        cmd = [PINNACE_BIN, "--root", str(self.root), "--runroot", str(self.runroot), *args]
-        if isinstance(input, str):
-            input = input.encode()
-        proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout,
-                              env={**self.env, **(env or {})})
-        res = Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
-        if check and res.rc != 0:
-            raise AssertionError(f"pinnace {' '.join(args)} exited {res.rc}\nstdout: {res.out}\nstderr: {res.err}")
-        return res
-
-    __call__ = run
-
-    def popen(self, *args: str, **kw) -> subprocess.Popen:
-        cmd = [PINNACE_BIN, "--root", str(self.root), "--runroot", str(self.runroot), *args]
-        return subprocess.Popen(cmd, env=self.env, **kw)
-
-    def close(self) -> None:
-        """Remove everything the store holds (inside the user namespace), then stop its namespace holder."""
-        subprocess.run([PINNACE_BIN, "--root", str(self.root), "--runroot", str(self.runroot),
-                        "system", "reset", "--force"], env=self.env, capture_output=True, timeout=120)
-        pidfile = self.runroot / "holder.pid"
-        try:
-            os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
+from pinnace_cli import Pinnace, Result  # noqa: E402,F401 - the CLI driver (tests/support)
 
 
 @pytest.fixture(scope="session")
