@@ -247,7 +247,8 @@ def test_rm_leaves_nothing(p):
     assert _leftovers(p, cid) == []  # the foreground run returns after the removal
     cid = detached(p, "--rm", IMG, "sleep", "1000")
     assert (p.root / "containers" / cid).is_dir() and proc_cmdlines_with(cid)  # the checks can see one
-    assert any(cid in l for l in p("unshare", "cat", "/proc/self/mountinfo").out.splitlines())
+    if os.environ.get("PINNACE_STORAGE_DRIVER") != "vfs":  # vfs mounts nothing: its rootfs is a copy
+        assert any(cid in l for l in p("unshare", "cat", "/proc/self/mountinfo").out.splitlines())
     p("stop", "-t", "0", cid)
     poll(lambda: _leftovers(p, cid) == [], 10, what="--rm cleanup")
     assert _leftovers(p, cid) == []
