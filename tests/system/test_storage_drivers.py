@@ -95,3 +95,36 @@ def test_build_layers_come_from_the_driver(store, tmp_path):
     store("build", "-q", "-t", "drv-built", str(tmp_path))
     out = store("run", "--rm", "drv-built", "sh", "-c", "cat /data/built /data/f; ls /data").out
     assert out.splitlines()[:2] == ["built", "copied"] and "a.txt" not in out
+
+
+def test_fuse_daemon_crash_is_survivable(store):
+    """Kill the FUSE process under a running container: its filesystem fails (ENOTCONN), `rm -f` still
+    cleans everything up, and the next container works."""
+    import os
+    import signal
+    import time
+    cid = store("run", "-d", LAYERS, "sleep", "600").out.strip()
+    daemons = [int(d) for d in os.listdir("/proc") if d.isdigit() and _is_daemon_of(int(d), cid)]
+    if store.env["PINNACE_STORAGE_DRIVER"] != "fuse":
+        assert daemons == []          # overlay and vfs have no process under the rootfs
+        store("rm", "-f", cid)
+        return
+    assert len(daemons) == 1, daemons
+    os.kill(daemons[0], signal.SIGKILL)
+    time.sleep(0.3)
+    res = store("exec", cid, "cat", "/data/a.txt", check=False)
+    assert res.rc != 0                                      # the rootfs is gone: an error, not a hang
+    store("rm", "-f", cid)
+    assert store("ps", "-a", "-q").out.strip() == ""
+    mounts = store("unshare", "cat", "/proc/self/mountinfo").out
+    assert cid not in mounts                                # no stale FUSE mount left
+    assert store("run", "--rm", LAYERS, "cat", "/data/a.txt").out == "alpha\n"
+
+
+def _is_daemon_of(pid: int, cid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"__fuse-overlay" in args and any(cid.encode() in a for a in args)
