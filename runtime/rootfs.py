@@ -58,6 +58,9 @@ class FuseDriver(OverlayDriver):
     def mount(self, layers: list[Path], upper: Path, work: Path, target: Path, *, volatile: bool = False) -> None:
         if mounts.is_mountpoint(target):
             return
+        if not layers:  # an image without layers: the upper dir alone, bound (no overlay to serve)
+            super().mount(layers, upper, work, target, volatile=volatile)
+            return
         from pinnace.storage.fuse_overlay import check_fuse_available
         problem = check_fuse_available()
         if problem:
