@@ -69,6 +69,7 @@ def build_image(store: Store, opts: ImageBuildOptions, emit: Callable[[str, obje
                              pull=opts.pull, network=opts.network, secrets=_secrets(opts), labels=labels,
                              platform=opts.platform or "")
     store.open_for_write()
+    store.driver_name()  # chosen before any step directory exists
     ctx = open_context(opts.context, opts.dockerfile, stdin=opts.stdin)
     try:
         dockerfile = parse(ctx.dockerfile_text, ctx.dockerfile_name)

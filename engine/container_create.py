@@ -109,6 +109,7 @@ def create_container(store: Store, opts: ContainerCreateOptions, progress: "Prog
     log_max = parse_size(opts.log_max_size) if opts.log_max_size else 0
     progress = progress or (lambda event: None)
     store.open_for_write()
+    store.driver_name()  # chosen (or refused) before this container exists: it must not count itself
     iid, image_name = find_or_pull_image(store, opts, progress)
     image_cfg = image_config(store, iid)
     rec = store.images.get(iid)

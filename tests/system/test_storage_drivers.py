@@ -128,3 +128,16 @@ def _is_daemon_of(pid: int, cid: str) -> bool:
     except OSError:
         return False
     return b"__fuse-overlay" in args and any(cid.encode() in a for a in args)
+
+
+def test_store_refuses_a_silent_driver_switch(pinnace):
+    pinnace("pull", "-q", LAYERS)
+    pinnace("create", "--name", "keeper", LAYERS, "true")
+    info = pinnace("info", "--format", "json").json()["store"]
+    assert info["graphDriverName"] == "overlay" and "overlayfs works" in info["graphDriverReason"]
+    res = pinnace("--storage-driver", "vfs", "run", "--rm", LAYERS, "true", check=False)
+    assert res.rc == 125
+    assert "holds containers of the overlay storage driver" in res.err and "rm -af" in res.err
+    pinnace("rm", "keeper")
+    assert pinnace("--storage-driver", "vfs", "run", "--rm", LAYERS, "cat", "/data/a.txt").out == "alpha\n"
+    assert pinnace("info", "--format", "json").json()["store"]["graphDriverName"] == "vfs"
