@@ -12,6 +12,9 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["__fuse-overlay"]:  # hidden helper role: the fuse storage driver's daemon
         from pinnace.storage.fuse_overlay import main as fuse_main
         return fuse_main(args[1:])
+    if args[:1] == ["__systemd-generator"] or "-generators/" in (sys.argv[0] if sys.argv else ""):  # issue 7
+        from pinnace.engine.quadlet_generator import generator_main  # Quadlet files → units (systemd runs it)
+        return generator_main(args[1:] if args[:1] == ["__systemd-generator"] else args)
     if args in (["--version"], ["-v"]):
         from pinnace import __version__
         sys.stdout.write(f"pinnace version {__version__}\n")

@@ -57,6 +57,7 @@ def _register() -> None:
     system_cmds.register(app, system_app)
     volume_cmds.register(app)
     network_cmds.register(app)
+    __import__("pinnace.cli.generate_cmds", fromlist=["register"]).register(app, system_app)
     __import__("pinnace.cli.push_cmds", fromlist=["register"]).register(app, image_app)
     __import__("pinnace.cli.build_cmds", fromlist=["register"]).register(app, image_app)
     _register_container_commands()

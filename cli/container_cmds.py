@@ -27,7 +27,18 @@ def _timeout(o: dict) -> float | None:
 def cmd_stop(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     t = _timeout(o)
     targets = _all_names(eng, o, positional, running=True)
-    return each_name(targets, lambda n: (eng.container_stop(n, t), n)[1])
+    if o["all"] and not targets:
+        return 0
+
+    def stop(n: str) -> str | None:
+        try:
+            eng.container_stop(n, t)
+        except NotFound:
+            if o["ignore"]:  # issue 7: a unit's ExecStop for a container that is already gone
+                return None
+            raise
+        return n
+    return each_name(targets, stop)
 
 
 def cmd_restart(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
@@ -41,6 +52,9 @@ def cmd_kill(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
 
 
 def _all_names(eng, o: dict, positional: list[str], running: bool = False) -> list[str]:  # noqa: ANN001
+    if o.get("all") and o.get("filter"):  # issue 7: `stop --all --filter restart-policy=always`
+        from pinnace.cli.container_run import names_matching
+        return names_matching(eng, o["filter"], all=not running)
     if o.get("all"):
         return [s.id for s in eng.container_list(all=not running)]
     if o.get("latest"):
@@ -311,6 +325,7 @@ def _add(cmd: Command, fn, *aliases: str) -> None:  # noqa: ANN001
 _add(Command("run", "run [OPTIONS] IMAGE [COMMAND [ARG...]]", "Run a command in a new container.", CREATE_FLAGS, True), cmd_run)
 _add(Command("create", "create [OPTIONS] IMAGE [COMMAND [ARG...]]", "Create a container without starting it.", CREATE_FLAGS, True), cmd_create)
 _add(Command("start", "start [OPTIONS] CONTAINER...", "Start containers.", (
+    F(("--all",), "all", BOOL, "All containers (with --filter: those that match)"), _FILTER,
     F(("-a", "--attach"), "attach", BOOL, "Attach to the container's output"),
     F(("-i", "--interactive"), "interactive", BOOL, "Attach stdin"),
     F(("--detach-keys",), "detach_keys", VALUE, "Keys that detach", "KEYS"))), cmd_start)
@@ -318,7 +333,9 @@ _add(Command("attach", "attach [OPTIONS] CONTAINER", "Attach to a running contai
     F(("--no-stdin",), "no_stdin", BOOL, "Do not attach stdin"),
     F(("--sig-proxy",), "sig_proxy", BOOL, "Forward signals (default true)", default=True),
     F(("--detach-keys",), "detach_keys", VALUE, "Keys that detach", "KEYS"))), cmd_attach)
-_add(Command("stop", "stop [OPTIONS] CONTAINER...", "Stop containers (stop signal, then SIGKILL).", (_T, _ALL, _LATEST)), cmd_stop)
+_add(Command("stop", "stop [OPTIONS] CONTAINER...", "Stop containers (stop signal, then SIGKILL).", (
+    _T, _ALL, _LATEST, _FILTER,
+    F(("-i", "--ignore"), "ignore", BOOL, "Ignore containers that do not exist"))), cmd_stop)
 _add(Command("restart", "restart [OPTIONS] CONTAINER...", "Restart containers.", (_T, _ALL, _LATEST)), cmd_restart)
 _add(Command("kill", "kill [OPTIONS] CONTAINER...", "Send a signal (default SIGKILL) to containers.", (
     F(("-s", "--signal"), "signal", VALUE, "Signal to send", "SIGNAL"), _ALL, _LATEST)), cmd_kill)

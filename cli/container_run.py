@@ -67,6 +67,9 @@ CREATE_FLAGS = (
     F(("--sig-proxy",), "sig_proxy", BOOL, "Forward signals to the container (default true)", default=True),
     F(("-a", "--attach"), "attach", LIST, "Attach to STDIN, STDOUT or STDERR (accepted; all are attached)", "STREAM"),
     F(("-q", "--quiet"), "quiet", BOOL, "Do not print pull progress"),
+    # issue 7 (systemd units): readiness over $NOTIFY_SOCKET, and replacing a container of the same name
+    F(("--sdnotify",), "sdnotify", VALUE, "systemd readiness: container (default), conmon or ignore", "MODE"),
+    F(("--replace",), "replace", BOOL, "Remove a container of the same --name first"),
 )
 
 
@@ -100,8 +103,26 @@ def _create_options(o: dict, positional: list[str]):  # noqa: ANN202 - Container
         stop_signal=o["stop_signal"], stop_timeout=to_int(o["stop_timeout"], "--stop-timeout"),
         health_cmd=o["health_cmd"], health_interval=o["health_interval"], health_timeout=o["health_timeout"],
         health_retries=to_int(o["health_retries"], "--health-retries"), health_start_period=o["health_start_period"],
-        no_healthcheck=o["no_healthcheck"], log_max_size=log_max, runtime=o["runtime"],
+        no_healthcheck=o["no_healthcheck"], log_max_size=log_max, runtime=o["runtime"], sdnotify=o["sdnotify"],
         host_env=tuple(os.environ.items()))
+
+
+def _replace(eng, o: dict, name: str | None) -> None:  # noqa: ANN001 - issue 7: `run --replace`
+    if o["replace"] and name:
+        from pinnace.errors import NotFound
+        try:
+            eng.container_remove(name, force=True)
+        except NotFound:
+            pass
+
+
+def names_matching(eng, filters: list[str], *, all: bool) -> list[str]:  # noqa: ANN001 - issue 7
+    """IDs for `start/stop --all --filter`: `ps` filters, and restart-policy=NAME (pinnace-restart.service)."""
+    policies = [f.partition("=")[2] for f in filters if f.startswith("restart-policy=")]
+    rows = eng.container_list(all=all, filters=tuple(f for f in filters if not f.startswith("restart-policy=")))
+    if policies:
+        rows = [r for r in rows if eng.container_inspect(r.id)["HostConfig"]["RestartPolicy"]["Name"] in policies]
+    return [r.id for r in rows]
 
 
 def _progress(quiet: bool):  # noqa: ANN202
@@ -131,6 +152,7 @@ def cmd_create(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
     opts = _create_options(o, positional)
     if o["cidfile"] and os.path.exists(o["cidfile"]):
         raise InvalidArgument(f"container ID file {o['cidfile']} already exists")
+    _replace(eng, o, opts.name)
     cid = eng.container_create(opts, _progress(o["quiet"]))
     _write_cidfile(o["cidfile"], cid)
     print(cid)
@@ -146,6 +168,7 @@ def cmd_run(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
         raise InvalidArgument(f"container ID file {o['cidfile']} already exists")
     if opts.tty and opts.stdin and not os.isatty(0):
         sys.stderr.write("WARNING: -t given but stdin is not a terminal\n")
+    _replace(eng, o, opts.name)
     cid = eng.container_create(opts, _progress(o["quiet"]))
     _write_cidfile(o["cidfile"], cid)
     if opts.detach:
@@ -162,6 +185,11 @@ def cmd_run(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
 
 
 def cmd_start(eng, o: dict, positional: list[str]) -> int:  # noqa: ANN001
+    if o["all"]:  # issue 7: `start --all --filter restart-policy=always` (pinnace-restart.service)
+        if positional or o["attach"]:
+            raise InvalidArgument("start --all takes no container names and no --attach")
+        names = names_matching(eng, o["filter"], all=True)
+        return each_name(names, lambda n: (eng.container_start(n), n)[1]) if names else 0
     if not o["attach"]:
         return each_name(positional, lambda n: (eng.container_start(n), n)[1])
     if len(positional) != 1:

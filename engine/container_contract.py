@@ -64,6 +64,7 @@ class ContainerCreateOptions:
     no_healthcheck: bool = False
     log_max_size: str | None = None
     runtime: str | None = None           # path of an external OCI runtime (crun/runc)
+    sdnotify: str | None = None          # systemd readiness: conmon | container | ignore (issue 7)
     host_env: tuple[tuple[str, str], ...] = ()   # the caller's environment, for `-e KEY` without a value
 
 

@@ -104,6 +104,8 @@ def create_container(store: Store, opts: ContainerCreateOptions, progress: "Prog
         raise InvalidArgument("--restart and --rm cannot be used together")
     if opts.userns not in (None, "", "host", "keep-id"):
         raise InvalidArgument(f"--userns {opts.userns}: only keep-id and host are supported")
+    if opts.sdnotify not in (None, "conmon", "container", "ignore"):  # issue 7: systemd units
+        raise InvalidArgument(f"invalid --sdnotify {opts.sdnotify!r} (conmon, container, ignore)")
     if opts.runtime and not os.access(opts.runtime, os.X_OK):
         raise InvalidArgument(f"--runtime {opts.runtime}: not an executable file")
     log_max = parse_size(opts.log_max_size) if opts.log_max_size else 0
@@ -192,6 +194,10 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
     spec = build_spec(image_config=image_cfg, opts=process, user=user, rootfs=str(rootfs),
                       readonly_rootfs=opts.read_only, own_netns=network.own_netns,
                       rootless=store.config.rootless, extra_mounts=extra)
+    # --- issue 7: the program must be one this host can execute (else a clear error, not ENOEXEC) ---
+    from pinnace.engine.elf_check import check_entrypoint
+    check_entrypoint(rootfs, spec["process"], image_cfg)
+    # --- end issue 7 ---
     ann = spec["annotations"]
     ann.update(network.annotations)
     ann.update({ANN + "id": cid, ANN + "name": name, ANN + "root": str(store.layout.root),
@@ -200,6 +206,8 @@ def _prepare(store: Store, cdir: Path, cid: str, name: str, opts: ContainerCreat
                 ANN + "stdin": "true" if opts.stdin else "false"})
     if log_max:
         ann[ANN + "log-max-size"] = str(log_max)
+    if opts.sdnotify:  # read by the supervisor (runtime/sdnotify.py)
+        ann[ANN + "sdnotify"] = opts.sdnotify
     if opts.runtime:
         if opts.tty:
             raise InvalidArgument("--runtime with -t is not supported yet (the runtime's console socket)")

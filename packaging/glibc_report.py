@@ -1,22 +1,24 @@
 """Report the newest GLIBC symbol version a frozen pinnace executable needs.
 
-The executable runs on any Linux whose glibc is at least that version, so this is the number to
-watch when the build machine changes. It reads the bootloader's own ELF headers and every ELF file
-bundled in the PyInstaller archive (shared libraries and extension modules, inflated in memory),
-and prints the newest version overall plus the files that need it.
+The executable runs on any Linux whose glibc is at least that version (the README turns it into the
+oldest supported distributions), so this is the number to watch when the build machine changes. It
+reads the version-needed section (SHT_GNU_verneed) of every ELF file in the bundle — the bootloader,
+libpython, the bundled shared libraries and extension modules — with pyelftools, and prints the newest
+version overall plus the files that need it.
 
     python packaging/glibc_report.py dist/pinnace [--top N] [--json]
 
-Plain ELF files and directories (scanned recursively) are accepted too.
+Accepts the one-file executable (the bundle is read from its payload, in memory), the one-directory
+build (scanned recursively) and plain ELF files.
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
-import os
 import re
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,42 +58,48 @@ def newest_glibc(data: bytes) -> tuple[int, ...] | None:
     return newest
 
 
-def _archive_members(path: Path):
-    """(name, bytes) of each ELF file bundled in a PyInstaller executable; none if it is not one."""
-    try:
-        from PyInstaller.archive.readers import ArchiveReadError, CArchiveReader
-    except ImportError:  # PyInstaller missing: only the bootloader itself can be reported
+_OFFSET = re.compile(rb"^v=.* off=(\d+)$", re.M)
+
+
+def _payload_members(path: Path):
+    """(name, bytes) of each ELF file in a pinnace one-file executable (packaging/launcher.sh followed by
+    a gzip'd tar of the bundle); nothing when `path` is not one."""
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if not head.startswith(b"#!/bin/sh"):
         return
-    try:
-        archive = CArchiveReader(str(path))
-    except (ArchiveReadError, OSError):
+    m = _OFFSET.search(head)
+    if not m:
         return
-    for name, entry in sorted(archive.toc.items()):
-        typecode = entry[-1]
-        if typecode not in ("b", "x", "d"):  # binaries, data files that might be ELF, dependencies
-            continue
+    with open(path, "rb") as f:
+        f.seek(int(m.group(1)))
         try:
-            data = archive.extract(name)
-        except Exception:  # noqa: BLE001 - a corrupt entry is reported, not fatal
-            print(f"warning: cannot extract {name} from {path}", file=sys.stderr)
-            continue
-        if data[:4] == b"\x7fELF":
-            yield name, data
+            with tarfile.open(fileobj=f, mode="r:gz") as tar:
+                for member in tar:
+                    if not member.isreg():
+                        continue
+                    data = tar.extractfile(member).read()
+                    if data[:4] == b"\x7fELF":
+                        yield member.name, data
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            print(f"warning: {path}: cannot read its payload: {exc}", file=sys.stderr)
 
 
 def scan(paths: list[Path]) -> list[Requirement]:
     found: list[Requirement] = []
     for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else [path]
         for f in files:
-            data = f.read_bytes()
-            if data[:4] != b"\x7fELF":
+            label = str(f.relative_to(path)) if path.is_dir() else str(f)
+            with open(f, "rb") as fh:
+                magic = fh.read(4)
+            if magic == b"\x7fELF":
+                try:
+                    found.append(Requirement(label, newest_glibc(f.read_bytes())))
+                except ELFError as exc:
+                    print(f"warning: {f}: {exc}", file=sys.stderr)
                 continue
-            try:
-                found.append(Requirement(str(f), newest_glibc(data)))
-            except ELFError as exc:
-                print(f"warning: {f}: {exc}", file=sys.stderr)
-            for name, member in _archive_members(f):
+            for name, member in _payload_members(f):
                 try:
                     found.append(Requirement(f"{f.name}:{name}", newest_glibc(member)))
                 except ELFError as exc:
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=5, help="files to list, newest requirement first")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--newest", action="store_true", help="print only the newest version (x.y)")
     args = parser.parse_args(argv)
 
     for p in args.paths:
@@ -116,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     with_glibc = [r for r in reqs if r.newest]
     newest = max((r.newest for r in with_glibc), default=None)
     ranked = sorted(with_glibc, key=lambda r: (r.newest, r.name), reverse=True)
+    if args.newest:
+        print(".".join(map(str, newest)) if newest else "0")
+        return 0
     if args.json:
         json.dump({"newest": _fmt(newest), "elf_files": len(reqs),
                    "files": [{"name": r.name, "newest": _fmt(r.newest)} for r in ranked]},

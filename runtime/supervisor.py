@@ -152,6 +152,7 @@ def supervise(container_dir: str, sync_fd: int, client_fd: int | None) -> int:
         except OSError:
             pass
         return 1
+    sup.notify.started(os.getpid())  # before "started": systemd knows its main pid before `run` exits
     os.write(sync_fd, f"started {os.getpid()} {pid}\n".encode())
     os.close(sync_fd)
     return sup.loop()
@@ -165,6 +166,8 @@ class Supervisor:
         os.chdir(container_dir)  # the attach socket is bound by relative name: sun_path is only 108 bytes
         with open(CONFIG_NAME) as f:
             self.spec = json.load(f)
+        from pinnace.runtime.sdnotify import Notifier  # systemd's NOTIFY_SOCKET (run --sdnotify)
+        self.notify = Notifier.from_spec(self.spec, container_dir)
         ann = self.spec.get("annotations", {})
         self.tty = bool(self.spec["process"].get("terminal"))
         self.open_stdin = ann.get(ANN + "stdin") == "true"
@@ -337,6 +340,8 @@ class Supervisor:
             fds = [self.wake_r, self.listener.fileno(), *self.clients, *self.outputs]
             if self.health_fd is not None:
                 fds.append(self.health_fd)
+            if self.notify.fd is not None:
+                fds.append(self.notify.fd)
             timeout = None
             if self.health is not None and code is None:
                 timeout = max(0.0, self.health.due(time.monotonic()))
@@ -381,6 +386,8 @@ class Supervisor:
                     self._copy_output(fd)
                 elif fd == self.health_fd:
                     self._health_output()
+                elif fd == self.notify.fd:
+                    self.notify.forward()
             reaped = self._reap()
             if reaped is not None and code is None:
                 code = reaped
