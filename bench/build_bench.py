@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from containers_bench import Bench, Log, cleanup_pinnace, summary, timed  # noqa: E402
+from containers_bench import Bench, Log, clean_up, summary, timed  # noqa: E402
 from images_bench import (SETTLE_SECONDS, CommandFailed, Tool, common_arguments, machine_facts,  # noqa: E402
                           pinnace_tool, podman_tool, publish)
 
@@ -407,17 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         if fresh:
             fresh.stop()
         bench.delete_pushed()
-        if "podman" in by:
-            bench.remove_all(by["podman"])
-            try:
-                by["podman"].reset()
-            except (CommandFailed, subprocess.TimeoutExpired) as exc:
-                log(f"podman: system reset failed: {exc}")
-        if "pinnace" in by:
-            cleanup_pinnace(bench, by["pinnace"], workdir / "pinnace-run")
-        shutil.rmtree(workdir, ignore_errors=True)
-        if workdir.exists():
-            log(f"could not remove all of {workdir} (files owned by subordinate ids?)")
+        clean_up(bench, by, workdir, log)
 
     data = report(bench, facts, args.label, settle, fs)
     print_table(data)

@@ -305,6 +305,21 @@ def print_table(data: dict) -> None:
         print(f"{name:<34} {vals[0]:>15} {vals[1]:>15} {r:>15}")
 
 
+def clean_up(bench: Bench, by: dict, workdir: Path, log: Log) -> None:
+    """After a bench: both engines' containers and stores gone, the work directory removed."""
+    if "podman" in by:
+        bench.remove_all(by["podman"])
+        try:
+            by["podman"].reset()
+        except (CommandFailed, subprocess.TimeoutExpired) as exc:
+            log(f"podman: system reset failed: {exc}")
+    if "pinnace" in by:
+        cleanup_pinnace(bench, by["pinnace"], workdir / "pinnace-run")
+    shutil.rmtree(workdir, ignore_errors=True)
+    if workdir.exists():
+        log(f"could not remove all of {workdir} (files owned by subordinate ids?)")
+
+
 def cleanup_pinnace(bench: Bench, tool: Tool, runroot: Path) -> None:
     bench.remove_all(tool)
     try:
@@ -358,17 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.io(workdir / "host-io")
         log(f"measured in {time.perf_counter() - t0:.1f} s")
     finally:
-        if "podman" in by:
-            bench.remove_all(by["podman"])
-            try:
-                by["podman"].reset()
-            except (CommandFailed, subprocess.TimeoutExpired) as exc:
-                log(f"podman: system reset failed: {exc}")
-        if "pinnace" in by:
-            cleanup_pinnace(bench, by["pinnace"], workdir / "pinnace-run")
-        shutil.rmtree(workdir, ignore_errors=True)
-        if workdir.exists():
-            log(f"could not remove all of {workdir} (files owned by subordinate ids?)")
+        clean_up(bench, by, workdir, log)
 
     data = report(bench, facts, args.label)
     print_table(data)

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from containers_bench import (Bench, Log, _read, _stat, cleanup_pinnace, summary,  # noqa: E402
+from containers_bench import (Bench, Log, _read, _stat, clean_up, summary,  # noqa: E402
                               supervisor_memory, timed)
 from images_bench import (CommandFailed, Tool, common_arguments, machine_facts, pinnace_tool,  # noqa: E402
                           podman_tool, publish)
@@ -378,17 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         if bench.server:
             bench.server.close()
         blob.unlink(missing_ok=True)
-        if "podman" in by:
-            bench.remove_all(by["podman"])
-            try:
-                by["podman"].reset()
-            except (CommandFailed, subprocess.TimeoutExpired) as exc:
-                log(f"podman: system reset failed: {exc}")
-        if "pinnace" in by:
-            cleanup_pinnace(bench, by["pinnace"], workdir / "pinnace-run")
-        shutil.rmtree(workdir, ignore_errors=True)
-        if workdir.exists():
-            log(f"could not remove all of {workdir} (files owned by subordinate ids?)")
+        clean_up(bench, by, workdir, log)
 
     data = report(bench, facts, args.label)
     print_table(data)

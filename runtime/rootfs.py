@@ -116,46 +116,26 @@ def spawn_fuse_daemon(layers: list[Path], upper: Path, work: Path, target: Path,
     mount is live; returns its pid. It inherits our namespaces: the user and mount namespace of the holder
     when rootless, where the container's mounts live."""
     import os
-    import select
-    import sys
+    from pinnace.runtime.selfexec import detach, read_answer, role_argv
     read_fd, write_fd = os.pipe()
     args = ["__fuse-overlay", "--ready-fd", str(write_fd), "--upper", str(upper), "--work", str(work),
             "--xattr-prefix", xattr_prefix]
     for layer in layers:
         args += ["--lower", str(layer)]
-    args.append(str(target))
-    if getattr(sys, "frozen", False):
-        argv = [sys.executable, *args]
-    else:
-        argv = [sys.executable, "-I", "-c", "import sys; from pinnace.__main__ import main; sys.exit(main())", *args]
+    argv = role_argv(*args, str(target))
     pid = os.fork()
     if pid == 0:
         try:
-            os.setsid()
+            detach({write_fd})
             if os.fork() != 0:
-                os._exit(0)
-            null = os.open("/dev/null", os.O_RDWR)
-            for std in (0, 1, 2):
-                os.dup2(null, std)
-            os.closerange(3, read_fd) if read_fd > 3 else None
-            os.close(read_fd)
+                os._exit(0)  # reparented at once: nobody has to reap it
             os.set_inheritable(write_fd, True)
-            for fd in range(3, 256):
-                if fd != write_fd:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
             os.execv(argv[0], argv)
         finally:
             os._exit(127)
     os.close(write_fd)
     os.waitpid(pid, 0)
-    try:
-        ready, _, _ = select.select([read_fd], [], [], timeout)
-        message = os.read(read_fd, 4096).decode(errors="replace").strip() if ready else ""
-    finally:
-        os.close(read_fd)
+    message = read_answer(read_fd, timeout)
     if message != "ok":
         raise StorageError(f"the fuse overlay did not start at {target}: {message or 'no answer'}")
     return 0

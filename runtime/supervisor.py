@@ -18,7 +18,6 @@ import json
 import os
 import _socket  # not `socket`: its enums and selectors cost a supervisor ~1 MB of RSS
 import signal
-import sys
 import time
 
 from pinnace.runtime import attach_proto as proto
@@ -29,21 +28,6 @@ STOP_MARK = "stop-requested"      # `stop`/`kill` leave it: a restart policy doe
 HEALTH_NAME = "health.json"
 PENDING_LIMIT = 8 << 20           # bytes a client may fall behind before it is dropped
 ANN = "io.pinnace."
-
-
-def _reset_child_state(keep: set[int]) -> None:
-    os.setsid()
-    null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    top = max(keep | {2}) + 1
-    for fd in range(3, top):
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    os.closerange(top, 1 << 16)
 
 
 def _wait(readable: list[int], writable: list[int], timeout: float | None) -> tuple[list[int], list[int]]:
@@ -86,26 +70,20 @@ def start_supervisor(container_dir: str, runroot: str, *, fresh: bool, client_fd
     `fresh`: exec a new small process (detached containers); else fork this one (attached `run`).
     `client_fd`: a socket that becomes the first attached client (the other end stays with the caller).
     Must be called from a single-threaded process that has joined the user namespace (rootless)."""
-    import select
     from pinnace.errors import PinnaceError
+    from pinnace.runtime.selfexec import detach, read_answer, role_argv
     read_fd, write_fd = os.pipe()
     keep = {write_fd} | ({client_fd} if client_fd is not None else set())
     child = os.fork()
     if child == 0:
         code = 127
         try:
-            _reset_child_state(keep)
+            detach(keep)
             if os.fork() != 0:
                 os._exit(0)  # the supervisor is reparented at once: nobody has to reap it
             if fresh:
                 os.set_inheritable(write_fd, True)
-                if getattr(sys, "frozen", False):
-                    argv = [sys.executable, "__supervise", container_dir, runroot, str(write_fd)]
-                else:
-                    # -c rather than -m: runpy and importlib.util would stay in the supervisor's memory
-                    argv = [sys.executable, "-I", "-c",
-                            "import sys; from pinnace.__main__ import main; sys.exit(main())",
-                            "__supervise", container_dir, runroot, str(write_fd)]
+                argv = role_argv("__supervise", container_dir, runroot, str(write_fd))
                 os.execv(argv[0], argv)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGWINCH):
                 signal.signal(sig, signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL)
@@ -116,11 +94,7 @@ def start_supervisor(container_dir: str, runroot: str, *, fresh: bool, client_fd
             os._exit(code)
     os.close(write_fd)
     os.waitpid(child, 0)
-    try:
-        ready, _, _ = select.select([read_fd], [], [], timeout)
-        message = os.read(read_fd, 4096).decode(errors="replace").strip() if ready else ""
-    finally:
-        os.close(read_fd)
+    message = read_answer(read_fd, timeout)
     if message.startswith("started "):
         _, sup, pid = message.split()
         return int(sup), int(pid)
@@ -331,7 +305,6 @@ class Supervisor:
 
     # -- the event loop -----------------------------------------------------------------------------
     def _run_until_exit(self) -> int:
-        import select
         code: int | None = None
         if self.early_status is not None:
             from pinnace.runtime.executor import _exit_code

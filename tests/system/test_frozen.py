@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from procs import fuse_daemons_of
 
 import pinnace
 
@@ -366,7 +367,7 @@ def test_fuse_storage_driver_daemon_is_the_unpacked_binary(frozen: Frozen):
     cid = frozen("--storage-driver", "fuse", "run", "-d", BUSYBOX, "sh", "-c",
                  "echo on-fuse > /written; exec sleep 300").stdout.strip()
     try:
-        daemons = [int(d) for d in os.listdir("/proc") if d.isdigit() and _is_fuse_daemon_of(int(d), cid)]
+        daemons = fuse_daemons_of(cid)
         assert len(daemons) == 1, daemons
         assert os.readlink(f"/proc/{daemons[0]}/exe") == str(frozen.unpacked())
         deadline = time.monotonic() + 10
@@ -377,12 +378,3 @@ def test_fuse_storage_driver_daemon_is_the_unpacked_binary(frozen: Frozen):
         assert json.loads(info)["store"]["graphDriverName"] == "fuse"
     finally:
         frozen("--storage-driver", "fuse", "rm", "-f", cid)
-
-
-def _is_fuse_daemon_of(pid: int, cid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except OSError:
-        return False
-    return b"__fuse-overlay" in args and any(cid.encode() in a for a in args)

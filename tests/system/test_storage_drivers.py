@@ -6,6 +6,7 @@ deletions and renames of lower files and directories, and the round trips that r
 from __future__ import annotations
 
 import pytest
+from procs import fuse_daemons_of
 
 from pinnace_cli import Pinnace
 
@@ -104,7 +105,7 @@ def test_fuse_daemon_crash_is_survivable(store):
     import signal
     import time
     cid = store("run", "-d", LAYERS, "sleep", "600").out.strip()
-    daemons = [int(d) for d in os.listdir("/proc") if d.isdigit() and _is_daemon_of(int(d), cid)]
+    daemons = fuse_daemons_of(cid)
     if store.env["PINNACE_STORAGE_DRIVER"] != "fuse":
         assert daemons == []          # overlay and vfs have no process under the rootfs
         store("rm", "-f", cid)
@@ -120,14 +121,6 @@ def test_fuse_daemon_crash_is_survivable(store):
     assert cid not in mounts                                # no stale FUSE mount left
     assert store("run", "--rm", LAYERS, "cat", "/data/a.txt").out == "alpha\n"
 
-
-def _is_daemon_of(pid: int, cid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except OSError:
-        return False
-    return b"__fuse-overlay" in args and any(cid.encode() in a for a in args)
 
 
 def test_store_refuses_a_silent_driver_switch(pinnace):
