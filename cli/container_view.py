@@ -73,11 +73,18 @@ def parse_log_time(value: str | None) -> int | None:
     import re
     from pinnace.cli.output import parse_time
     if re.fullmatch(r"\d+(\.\d+)?", value):
-        return int(float(value) * 1e9)
+        # exact integer arithmetic: a float loses the nanoseconds a log stamp carries
+        whole, _, frac = value.partition(".")
+        return int(whole) * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value)
     if parts and "".join(n + u for n, u in parts) == value:
         seconds = sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
         return int((time.time() - seconds) * 1e9)
+    from pinnace.runtime.logfile import parse_rfc3339
+    try:
+        return parse_rfc3339(value)  # exact to the nanosecond, so a stamp copied from `logs -t` includes its line
+    except ValueError:
+        pass
     ts = parse_time(value)
     if ts is None:
         raise InvalidArgument(f"invalid time {value!r} (RFC 3339, unix time, or a duration like 10m)")

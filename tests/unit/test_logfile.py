@@ -52,3 +52,18 @@ def test_max_size_starts_over(tmp_path):
     w.close()
     assert log.stat().st_size <= 200
     assert read_log(str(log))[-1].text == b"line 19\n"
+
+
+def test_since_from_the_cli_is_exact_to_the_nanosecond(tmp_path):
+    # a stamp copied from `logs -t` must include its own line: a float round trip can land a few
+    # hundred ns after it and silently drop every line written in the same read
+    from pinnace.cli.container_view import parse_log_time
+    stamp = "2026-11-29T02:06:34.940287219Z"
+    assert parse_log_time(stamp) == parse_rfc3339(stamp) == 1795917994940287219
+    assert parse_log_time("1795917994.940287219") == 1795917994940287219
+    assert parse_log_time("2026-11-29T03:06:34.5+01:00") == 1795917994500000000
+    path = str(tmp_path / "log")
+    w = LogWriter(path)
+    w.write("stdout", b"a\nb\n", now_ns=1795917994940287219)
+    w.write("stdout", b"c\n", now_ns=1795917995940287219)
+    assert [line.text for line in read_log(path, since_ns=parse_log_time(stamp))] == [b"a\n", b"b\n", b"c\n"]
