@@ -71,10 +71,12 @@ def target_compression(layer: LayerRef, manifest_type: str, wanted: str | None) 
 
 
 def _repositories(rec: ImageRecord, registry: str) -> list[str]:
-    """Repositories of `registry` the image was pulled from or pushed to (repo digests), then those its
-    names point at."""
+    """Repositories of `registry` the image's names point at, then those it was pulled from or pushed to
+    (repo digests). Names first: a name the user still holds is usually where the image came from, while
+    the repo digests (sorted by name) include every past push destination, some maybe deleted since, and
+    only the first few candidates are tried (MAX_MOUNT_SOURCES)."""
     out = []
-    for text in (*(d.split("@", 1)[0] for d in rec.digests), *(n.rsplit(":", 1)[0] for n in rec.names)):
+    for text in (*(n.rsplit(":", 1)[0] for n in rec.names), *(d.split("@", 1)[0] for d in rec.digests)):
         try:
             ref = parse_reference(text, default_tag=None)
         except InvalidArgument:

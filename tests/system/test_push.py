@@ -82,6 +82,23 @@ def test_push_mounts_keeps_digest_and_pulls_back(pinnace, fixtures_info):
     assert pinnace("image", "inspect", dest).json()[0]["Digest"] == info["digest"]
 
 
+def test_mount_prefers_the_images_own_name_over_past_push_destinations(pinnace, fixtures_info):
+    """Past pushes are remembered as mount sources (RepoDigests); when those repositories lost the blob
+    (deleted on the registry), the repository the image's name points at must still be tried."""
+    info = fixtures_info["busybox"]
+    layer = info["layers"][0]["digest"]
+    pinnace("pull", "-q", BUSYBOX)
+    # three earlier destinations whose names sort before fixtures/busybox, then deleted on the registry
+    stale = [f"aaa-{repo('stale')}" for _ in range(3)]
+    for name in stale:
+        pinnace("push", BUSYBOX, f"{REGISTRY}/{name}:v1")
+        _request(REGISTRY, f"/v2/{name}/blobs/{layer}", method="DELETE").close()
+        assert not has_blob(REGISTRY, name, layer)
+    assert len(pinnace("image", "inspect", BUSYBOX).json()[0]["RepoDigests"]) == 4
+    res = pinnace("push", BUSYBOX, f"{REGISTRY}/{repo('fresh')}:v1")
+    assert blob_lines(res.err) == [f"Copying blob {layer[7:19]} mounted from {REGISTRY}/fixtures/busybox"], res.err
+
+
 def test_second_push_skips_every_blob(pinnace, fixtures_info):
     pinnace("pull", "-q", f"{REGISTRY}/fixtures/busybox-layers")
     dest = f"{REGISTRY}/{repo('layers')}:latest"
