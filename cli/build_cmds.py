@@ -6,25 +6,8 @@ import sys
 
 import typer
 
+from pinnace.cli.build_push_cmds import BuildPrinter
 from pinnace.cli.state import engine
-
-
-class _Printer:
-    """Prints the builder's events: STEP lines, cache notes and RUN output to stdout (Podman's layout);
-    with -q only the final ID."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.out = sys.stdout.buffer
-
-    def __call__(self, kind: str, payload: object) -> None:
-        if self.quiet:
-            return
-        if kind == "output":
-            self.out.write(payload)  # type: ignore[arg-type]
-        else:
-            self.out.write(f"{payload}\n".encode())
-        self.out.flush()
 
 
 def build(ctx: typer.Context,
@@ -53,7 +36,7 @@ def build(ctx: typer.Context,
                              platform=platform, network="" if network in ("", "default", "bridge") else network,
                              secrets=tuple(secret), stdin=sys.stdin.buffer, environ=tuple(os.environ.items()))
 
-    report = engine(ctx).image_build(opts, _Printer(quiet))
+    report = engine(ctx).image_build(opts, BuildPrinter(quiet))
     if iidfile:
         with open(iidfile, "w") as f:
             f.write(report.image_id)
